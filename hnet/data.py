@@ -1,0 +1,154 @@
+"""Continual-learning benchmarks held as tensors on the training device.
+
+Images are stored once as uint8 rows (N, D); a task is a set of row indices, its labels and
+(for permuted benchmarks) a pixel permutation applied on the device when a batch is drawn.
+No DataLoader: batches are index lookups.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class DataError(RuntimeError):
+    """Data cannot be loaded; the message is one line for the user."""
+
+
+@dataclass
+class Split:
+    rows: torch.Tensor  # indices into the stored images
+    labels: torch.Tensor  # task-local labels (0..classes_per_task-1)
+
+
+@dataclass
+class Task:
+    train: Split
+    val: Split | None
+    test: Split
+    permutation: torch.Tensor | None  # pixel order, applied on the device
+
+
+class Benchmark:
+    """A sequence of tasks over one image store (train and test images)."""
+
+    def __init__(self, name: str, images: dict[str, torch.Tensor], scale: float, tasks: list[Task]) -> None:
+        self.name, self.images, self.scale, self.tasks = name, images, scale, tasks
+
+    def inputs(self, task: int, part: str, rows: torch.Tensor) -> torch.Tensor:
+        store = self.images["test" if part == "test" else "train"]
+        x = store[rows].float().mul_(self.scale)
+        perm = self.tasks[task].permutation
+        return x if perm is None else x[:, perm]
+
+    def train_batches(self, task: int, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless mini-batches: a fresh shuffle of the task's training set every epoch."""
+        split = self.tasks[task].train
+        n = len(split.rows)
+        while True:
+            order = torch.randperm(n, generator=generator, device=generator.device)
+            for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+                pick = order[start:start + batch_size]
+                yield self.inputs(task, "train", split.rows[pick]), split.labels[pick]
+
+    def eval_split(self, task: int, part: str) -> Split | None:
+        return getattr(self.tasks[task], part)
+
+
+# ---- raw datasets ---------------------------------------------------------------------------
+
+def _torchvision_dataset(name: str, root: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    folder = Path(root) / cls.__name__ / "raw"
+    out = {}
+    for part, train in (("train", True), ("test", False)):
+        try:
+            ds = cls(root, train=train, download=True)
+        except Exception as exc:  # no network, corrupt files, ...
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{cls.__name__} not found in {folder} (expected {', '.join(MNIST_FILES)}) "
+                            f"and download failed: {first_line}") from None
+        out[part] = (ds.data.reshape(len(ds.data), -1), ds.targets.long())
+    return out
+
+
+def _digits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """scikit-learn's bundled 8x8 digits (1,797 images, values 0..16): fixed 75/25 split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.uint8)
+    y = torch.tensor(d.target, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    n_test = len(x) // 4
+    test, train = order[:n_test], order[n_test:]
+    return {"train": (x[train], y[train]), "test": (x[test], y[test])}
+
+
+_RAW_CACHE: dict[tuple[str, str], dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def raw_dataset(name: str, root: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Load once per process (sweep workers reuse it across trials and tasks)."""
+    key = (name, str(Path(root).resolve()) if name != "digits" else "")
+    if key not in _RAW_CACHE:
+        _RAW_CACHE[key] = _digits() if name == "digits" else _torchvision_dataset(name, root)
+    return _RAW_CACHE[key]
+
+
+# ---- benchmarks -----------------------------------------------------------------------------
+
+def _split_train_val(rows: torch.Tensor, labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[Split, Split | None]:
+    if val_fraction <= 0:
+        return Split(rows, labels), None
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(val_fraction * len(rows))))
+    val, train = order[:n_val], order[n_val:]
+    return Split(rows[train], labels[train]), Split(rows[val], labels[val])
+
+
+def load_benchmark(cfg: TrainConfig, device: torch.device | str = "cpu") -> Benchmark:
+    """Build the benchmark of ``cfg`` with all tensors on ``device``.
+
+    Permuted: task 0 is the plain dataset, task t > 0 a fixed random pixel permutation
+    (seeded by ``cfg.data_seed``); MNIST-sized images are zero-padded to 32x32.
+    Split: task t holds classes 2t and 2t+1, relabelled 0/1.
+    """
+    spec = cfg.spec
+    raw = raw_dataset(spec.dataset, cfg.data_root)
+    permuted = cfg.benchmark.startswith("permuted")
+    scale = 1 / 16 if spec.dataset == "digits" else 1 / 255
+    images = {}
+    for part, (x, _) in raw.items():
+        if permuted and spec.dataset != "digits":
+            x = F.pad(x.reshape(-1, 28, 28), (2, 2, 2, 2)).reshape(len(x), -1)
+        images[part] = x.to(device)
+    labels = {part: y.to(device) for part, (_, y) in raw.items()}
+    n_pixels = images["train"].shape[1]
+    assert n_pixels == spec.input_dim, (n_pixels, spec.input_dim)
+
+    tasks = []
+    for t in range(cfg.num_tasks):
+        if permuted:
+            perm = None if t == 0 else torch.randperm(
+                n_pixels, generator=torch.Generator().manual_seed(cfg.data_seed + t)).to(device)
+            select = {part: torch.arange(len(y), device=device) for part, y in labels.items()}
+            task_labels = dict(labels)
+        else:
+            perm = None
+            classes = torch.tensor([2 * t, 2 * t + 1], device=device)
+            select = {part: torch.nonzero(torch.isin(y, classes)).flatten() for part, y in labels.items()}
+            task_labels = {part: labels[part][rows] - 2 * t for part, rows in select.items()}
+        train, val = _split_train_val(select["train"], task_labels["train"], cfg.val_fraction, cfg.data_seed + t)
+        tasks.append(Task(train=train, val=val, test=Split(select["test"], task_labels["test"]), permutation=perm))
+    return Benchmark(cfg.benchmark, images, scale, tasks)

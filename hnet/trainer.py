@@ -1,0 +1,170 @@
+"""The continual trainer: tasks one after another, Eq. 2 protecting the earlier ones.
+
+It knows nothing of Ray or MLflow: progress, Tune reports and MLflow logging are
+``Callback``s. A checkpoint written at every task boundary holds everything needed to
+continue with the next task; resuming gives the same result as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data import Benchmark, load_benchmark
+from .models import build_models, count_weights, target_forward
+from .regularizer import adam_lookahead, output_regularizer, snapshot
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Callback:
+    """Hooks of the trainer; override what you need."""
+
+    def on_task_start(self, task: int, cfg: TrainConfig) -> None: ...
+
+    def on_iteration(self, task: int, iteration: int, loss_task: torch.Tensor, loss_reg: torch.Tensor | None) -> None: ...
+
+    def on_task_end(self, task: int, summary: dict[str, Any], checkpoint: Path | None) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def summarize(acc_matrix: list[list[float]]) -> dict[str, Any]:
+    """acc_matrix[i][j]: accuracy (%) on task j after learning task i (j <= i)."""
+    if not acc_matrix:
+        return {}
+    acc_during = [acc_matrix[t][t] for t in range(len(acc_matrix))]
+    acc_after = list(acc_matrix[-1])
+    earlier = range(len(acc_after) - 1)
+    return {
+        "acc_during": acc_during, "acc_after": acc_after,
+        "acc_during_mean": sum(acc_during) / len(acc_during),
+        "acc_after_mean": sum(acc_after) / len(acc_after),
+        # mean drop from right-after-learning to the end, over the tasks learned before the last
+        "forgetting": (sum(acc_during[t] - acc_after[t] for t in earlier) / len(earlier)) if earlier else 0.0,
+    }
+
+
+@torch.no_grad()
+def evaluate(target, hnet, bench: Benchmark, tasks: int, part: str, batch_size: int) -> list[float]:
+    """Accuracy (%) on tasks 0..tasks-1, weights for all of them from one hnet call."""
+    weights = hnet(hnet.embeddings(range(tasks)))
+    accs = []
+    for t in range(tasks):
+        split = bench.eval_split(t, part)
+        correct = 0
+        for start in range(0, len(split.rows), batch_size):
+            rows = split.rows[start:start + batch_size]
+            logits = target_forward(target, weights[t], bench.inputs(t, part, rows), t)
+            correct += (logits.argmax(1) == split.labels[start:start + batch_size]).sum().item()
+        accs.append(100.0 * correct / len(split.rows))
+    return accs
+
+
+def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[Callback] = (),
+          checkpoint: str | os.PathLike | None = None, resume: bool = False) -> dict[str, Any]:
+    """Learn ``cfg.num_tasks`` tasks in order; return counts, accuracy matrix and timings.
+
+    With ``checkpoint`` a file is (atomically) rewritten after every task; with ``resume``
+    and an existing file, training continues after the last task it holds.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    bench = bench or load_benchmark(cfg, device)
+    target, hnet = build_models(cfg, device)
+    state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": []}
+    if resume and checkpoint and Path(checkpoint).exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        if saved["config"] != cfg.to_dict() | {"device": saved["config"]["device"], "threads": saved["config"]["threads"]}:
+            raise ValueError(f"checkpoint {checkpoint} was written for a different configuration")
+        hnet.load_state_dict(saved["hnet"])
+        state = {k: saved[k] for k in state}
+
+    for task in range(state["next_task"], cfg.num_tasks):
+        for cb in callbacks:
+            cb.on_task_start(task, cfg)
+        started = time.perf_counter()
+        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + task)
+        theta = hnet.theta()
+        embedding = hnet.task_embs[task]  # earlier embeddings stay frozen: not in the optimizer
+        optimizer = torch.optim.Adam([*theta.values(), embedding], lr=cfg.lr)
+        regularize = cfg.beta > 0 and task > 0
+        reg_targets = snapshot(hnet, task, cfg.reg_form) if regularize else None
+        batches = bench.train_batches(task, cfg.batch_size, generator)
+        poison = float("nan") if task == cfg.nan_at_task else 1.0
+
+        for it in range(cfg.iters):
+            x, y = next(batches)
+            optimizer.zero_grad(set_to_none=True)
+            weights = hnet(embedding[None])[0]
+            loss_task = F.cross_entropy(target_forward(target, weights, x, task), y) * poison
+            loss_task.backward()
+            loss_reg = None
+            if regularize:
+                delta = adam_lookahead(optimizer, theta) if cfg.lookahead else None
+                subset = None
+                if 0 < cfg.reg_subset < task:  # App. D: a random subset of earlier tasks
+                    subset = torch.randperm(task, generator=generator, device=device)[:cfg.reg_subset]
+                loss_reg = output_regularizer(hnet, reg_targets, delta, subset)
+                (cfg.beta * loss_reg).backward()
+            optimizer.step()
+            for cb in callbacks:
+                cb.on_iteration(task, it, loss_task, loss_reg)
+
+        if not math.isfinite(loss_task.item()):
+            raise TrainingDiverged(f"loss is {loss_task.item()} at task {task}")
+        state["acc_matrix"].append(evaluate(target, hnet, bench, task + 1, "test", cfg.eval_batch_size))
+        if cfg.val_fraction > 0:
+            state["val_acc_matrix"].append(evaluate(target, hnet, bench, task + 1, "val", cfg.eval_batch_size))
+        state["task_seconds"].append(time.perf_counter() - started)
+        state["next_task"] = task + 1
+        if checkpoint:
+            _save_checkpoint(checkpoint, cfg, hnet, state)
+        summary = result_dict(cfg, state)
+        for cb in callbacks:
+            cb.on_task_end(task, summary, Path(checkpoint) if checkpoint else None)
+    return result_dict(cfg, state)
+
+
+def result_dict(cfg: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
+    seconds = sum(state["task_seconds"])
+    tasks_done = state["next_task"]
+    out = {
+        "config": cfg.to_dict(),
+        **count_weights(cfg).to_dict(),
+        "tasks_done": tasks_done,
+        "acc_matrix": state["acc_matrix"],
+        **summarize(state["acc_matrix"]),
+        "task_seconds": state["task_seconds"],
+        "train_seconds": seconds,
+        "iters_per_second": tasks_done * cfg.iters / seconds if seconds > 0 else 0.0,
+    }
+    if state["val_acc_matrix"]:
+        val = summarize(state["val_acc_matrix"])
+        out["val_acc_matrix"] = state["val_acc_matrix"]
+        out["val_acc_after_mean"], out["val_acc_during_mean"] = val["acc_after_mean"], val["acc_during_mean"]
+    return out
+
+
+def _save_checkpoint(path: str | os.PathLike, cfg: TrainConfig, hnet, state: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"config": cfg.to_dict(), "hnet": hnet.state_dict(), **state}, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
