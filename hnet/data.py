@@ -6,6 +6,7 @@ No DataLoader: batches are index lookups.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -70,12 +71,15 @@ def _torchvision_dataset(name: str, root: str) -> dict[str, tuple[torch.Tensor, 
 
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
     folder = Path(root) / cls.__name__ / "raw"
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # what a download would create
     out = {}
     for part, train in (("train", True), ("test", False)):
         try:
             ds = cls(root, train=train, download=True)
         except Exception as exc:  # no network, corrupt files, ...
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if missing:  # leave nothing behind that the failed download created
+                shutil.rmtree(missing[-1], ignore_errors=True)
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DataError(f"{cls.__name__} not found in {folder} (expected {', '.join(MNIST_FILES)}) "
                             f"and download failed: {first_line}") from None
         out[part] = (ds.data.reshape(len(ds.data), -1), ds.targets.long())

@@ -56,10 +56,14 @@ def num_weights(module: nn.Module) -> int:
 def target_forward(target: nn.Module, weights: torch.Tensor, x: torch.Tensor, task: int = 0) -> torch.Tensor:
     """Run ``target`` on ``x`` with its parameters taken from the flat vector ``weights``.
 
-    The vector is laid out in ``named_parameters`` order; slices are views, no copies.
+    The vector is laid out in ``named_parameters`` order (trailing extra entries are
+    ignored); slices are views, no copies.
     """
     names, shapes = zip(*[(n, p.shape) for n, p in target.named_parameters()])
-    pieces = torch.split(weights, [math.prod(s) for s in shapes])
+    sizes = [math.prod(s) for s in shapes]
+    # Entries past the target's weights (the hypernetwork's last-chunk padding) are ignored;
+    # splitting them off here is cheaper than truncating first (no extra copy in backward).
+    pieces = torch.split(weights, [*sizes, weights.numel() - sum(sizes)])
     params = {n: w.view(s) for n, w, s in zip(names, pieces, shapes)}
     return torch.func.functional_call(target, params, (x, task))
 
@@ -89,10 +93,17 @@ class ChunkedHypernetwork(nn.Module):
         dims = [task_emb_dim + chunk_emb_dim, *hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.out = nn.Linear(dims[-1], chunk_size)
+        # Glorot-uniform weights and zero biases (as the authors' hypercl code): the output
+        # layer's huge fan-out keeps generated target weights small at the start, where
+        # PyTorch's fan-in default would generate weights ~10x too large (loss ~20 at step 0).
+        for layer in [*self.layers, self.out]:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
-    def forward(self, task_embs: torch.Tensor, features_only: bool = False) -> torch.Tensor:
+    def forward(self, task_embs: torch.Tensor, features_only: bool = False, padded: bool = False) -> torch.Tensor:
         """(T, task_emb_dim) -> generated weights (T, num_outputs).
 
+        With ``padded`` the last chunk is not truncated: (T, num_chunks * chunk_size).
         With ``features_only`` return the input of the (linear) output layer instead,
         shape (T, num_chunks, width); the factored regularizer works on it.
         """
@@ -104,7 +115,8 @@ class ChunkedHypernetwork(nn.Module):
             h = act(layer(h))
         if features_only:
             return h
-        return self.out(h).reshape(T, C * self.chunk_size)[:, :self.num_outputs]
+        weights = self.out(h).reshape(T, C * self.chunk_size)
+        return weights if padded else weights[:, :self.num_outputs]
 
     def theta(self) -> dict[str, nn.Parameter]:
         """Θ: every trainable weight except task embeddings (chunk embeddings included)."""

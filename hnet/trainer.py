@@ -6,6 +6,7 @@ continue with the next task; resuming gives the same result as an uninterrupted 
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import time
@@ -33,6 +34,22 @@ class Callback:
     def on_iteration(self, task: int, iteration: int, loss_task: torch.Tensor, loss_reg: torch.Tensor | None) -> None: ...
 
     def on_task_end(self, task: int, summary: dict[str, Any], checkpoint: Path | None) -> None: ...
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed buffers of up to 32 MB instead of returning them to the OS.
+
+    Every iteration allocates and frees MB-sized tensors (generated weights, their
+    gradients); with glibc's defaults each one is fresh mmap'd memory and pays a page
+    fault per 4 KB on first touch, a large share of a CPU iteration. Linux/glibc only.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)
+    libc.mallopt(m_trim_threshold, 512 * 2**20)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,6 +103,8 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     bench = bench or load_benchmark(cfg, device)
     target, hnet = build_models(cfg, device)
     state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": []}
@@ -112,7 +131,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         for it in range(cfg.iters):
             x, y = next(batches)
             optimizer.zero_grad(set_to_none=True)
-            weights = hnet(embedding[None])[0]
+            weights = hnet(embedding[None], padded=True)[0]
             loss_task = F.cross_entropy(target_forward(target, weights, x, task), y) * poison
             loss_task.backward()
             loss_reg = None

@@ -1,0 +1,71 @@
+"""`hnet train` as a user runs it: real processes, exit codes, files written."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HNET = [sys.executable, "-m", "hnet.cli"]
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([*HNET, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("preset, hnet_weights, task_embs, target", [
+    ("permuted_mnist", 2_029_691, 240, 2_036_010),
+    ("split_mnist", 465_192, 480, 475_202),
+])
+def test_dry_run_prints_counts_without_data(tmp_path, preset, hnet_weights, task_embs, target):
+    proc = run("train", "--preset", preset, "--dry-run", "--data-root", str(tmp_path / "none"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["hnet_weights"], out["task_embedding_weights"], out["target_weights"]) == (hnet_weights, task_embs, target)
+    assert out["compression_ratio"] == pytest.approx(hnet_weights / target)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_dry_run_without_hidden_layers():
+    proc = run("train", "--benchmark", "split_digits", "--hnet-hidden", "", "--chunk-size", "500", "--dry-run")
+    out = json.loads(proc.stdout)
+    assert out["config"]["hnet_hidden"] == [] and out["hnet_weights"] == (24 + 8) * 500 + 500 + out["num_chunks"] * 8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hnet-activation", "tanhh"], "unknown hnet_activation"),
+    (["--target-hidden", "100,-5"], "positive integers"),
+    (["--chunk-size", "0"], "chunk_size must be a positive integer"),
+    (["--benchmark", "cifar1000"], "unknown benchmark"),
+    (["--preset", "nope"], "unknown preset"),
+    (["--beta", "-1"], "beta must be >= 0"),
+    (["--iters", "ten"], "invalid int value"),
+    (["--benchmark", "split_mnist", "--data-root", "DATA_MISSING"], "MNIST not found"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):
+    args = [a.replace("DATA_MISSING", str(tmp_path / "nodata")) for a in args]
+    proc = run("train", *args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hnet: error")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_writes_results_and_resumes(tmp_path):
+    (tmp_path / "cfg.yaml").write_text("preset: split_digits\nnum_tasks: 2\niters: 30\nbeta: 0.02\n")
+    out = tmp_path / "run"
+    proc = run("train", "--config", str(tmp_path / "cfg.yaml"), "--lr", "0.002", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "results.json").read_text())
+    assert result["config"]["beta"] == 0.02 and result["config"]["lr"] == 0.002  # file < flag
+    assert len(result["acc_matrix"]) == 2 and len(result["acc_matrix"][1]) == 2
+    assert {"acc_during", "acc_after", "acc_after_mean", "forgetting", "compression_ratio",
+            "hnet_weights", "target_weights", "task_seconds"} <= set(result)
+    assert "acc_after_mean" in proc.stdout and "task 2/2" in proc.stderr
+    # resuming a finished run trains nothing and gives the same accuracies
+    again = run("train", "--config", str(tmp_path / "cfg.yaml"), "--lr", "0.002", "--threads", "1",
+                "--out", str(out), "--resume")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "results.json").read_text())["acc_matrix"] == result["acc_matrix"]

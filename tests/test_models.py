@@ -1,0 +1,79 @@
+"""Weight counts, target networks and the chunked hypernetwork."""
+import pytest
+import torch
+
+from hnet.config import TrainConfig, preset
+from hnet.models import MLP, ChunkedHypernetwork, build_models, count_weights, flat_weights, num_weights, target_forward
+
+
+def built_counts(cfg):
+    target, hnet = build_models(cfg)
+    return (num_weights(target), sum(p.numel() for p in hnet.theta().values()),
+            sum(p.numel() for p in hnet.task_embs))
+
+
+@pytest.mark.parametrize("name, multi_head, target, hnet, task_embs", [
+    # Appendix C: PermutedMNIST-10 classifier, single 10-way head / 10 heads (CL1, CL3)
+    ("permuted_mnist", False, 2_036_010, 2_029_691, 240),
+    ("permuted_mnist", True, 2_126_100, 2_029_699, 240),  # one more chunk: 28 chunk embeddings
+    # Appendix C: SplitMNIST classifier, one 2-way head / five 2-way heads (paper: 478,410 for CL1)
+    ("split_mnist", False, 475_202, 465_192, 480),
+    ("split_mnist", True, 478_410, 465_192, 480),
+])
+def test_paper_weight_counts(name, multi_head, target, hnet, task_embs):
+    cfg = preset(name).replace(multi_head=multi_head)
+    counts = count_weights(cfg)
+    assert (counts.target_weights, counts.hnet_weights, counts.task_embedding_weights) == (target, hnet, task_embs)
+    assert built_counts(cfg) == (target, hnet, task_embs)
+    assert counts.compression_ratio == pytest.approx(hnet / target)
+
+
+def test_counts_without_hidden_layers_and_full_hypernetwork():
+    cfg = TrainConfig(benchmark="split_digits", hnet_hidden=(), chunk_size=100_000)
+    counts = count_weights(cfg)
+    assert counts.num_chunks == 1  # one chunk covers the target: an unchunked hypernetwork
+    assert built_counts(cfg) == (counts.target_weights, counts.hnet_weights, counts.task_embedding_weights)
+    assert counts.hnet_weights == (24 + 8) * 100_000 + 100_000 + 8
+
+
+@pytest.mark.parametrize("num_heads", [1, 3])
+def test_functional_target_equals_ordinary_module(num_heads):
+    torch.manual_seed(0)
+    module = MLP(20, (16, 8), 4, "relu", num_heads=num_heads)
+    x = torch.randn(5, 20)
+    for task in range(num_heads):
+        expected = module(x, task)
+        got = target_forward(module, flat_weights(module), x, task)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # and gradients reach the flat weight vector
+    w = flat_weights(module).requires_grad_()
+    target_forward(module, w, x).sum().backward()
+    assert w.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "elu", "leaky_relu"])
+def test_batched_chunks_equal_per_chunk_loop(activation):
+    torch.manual_seed(0)
+    hnet = ChunkedHypernetwork(num_outputs=1000, num_tasks=3, chunk_size=128, hidden=(7, 5),
+                               activation=activation, task_emb_dim=4, chunk_emb_dim=3)
+    act = {"linear": lambda h: h, "relu": torch.relu, "elu": torch.nn.functional.elu,
+           "leaky_relu": torch.nn.functional.leaky_relu}[activation]
+    batched = hnet(hnet.embeddings(range(3)))
+    assert batched.shape == (3, 1000)
+    for t in range(3):
+        chunks = []
+        for c in range(hnet.num_chunks):  # one hypernetwork call per chunk, the naive way
+            h = torch.cat([hnet.task_embs[t], hnet.chunk_embs[c]])
+            for layer in hnet.layers:
+                h = act(layer(h))
+            chunks.append(hnet.out(h))
+        torch.testing.assert_close(batched[t], torch.cat(chunks)[:1000])
+
+
+def test_target_weights_live_on_meta_and_hnet_is_seeded():
+    cfg = TrainConfig()
+    target, hnet = build_models(cfg)
+    assert all(p.is_meta for p in target.parameters())
+    _, again = build_models(cfg)
+    for a, b in zip(hnet.parameters(), again.parameters()):
+        assert torch.equal(a, b)

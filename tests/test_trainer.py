@@ -1,0 +1,83 @@
+"""The continual trainer on offline data (scikit-learn's 8x8 digits)."""
+import pytest
+import torch
+
+from hnet.config import preset
+from hnet.data import load_benchmark
+from hnet.trainer import Callback, TrainingDiverged, summarize, train
+
+
+class Recorder(Callback):
+    def __init__(self, stop_after=None):
+        self.reg_seen, self.ends, self.stop_after = [], [], stop_after
+
+    def on_iteration(self, task, iteration, loss_task, loss_reg):
+        self.reg_seen.append((task, loss_reg is not None))
+
+    def on_task_end(self, task, summary, checkpoint):
+        self.ends.append((task, summary["tasks_done"], checkpoint))
+        if task == self.stop_after:
+            raise KeyboardInterrupt  # a crash right after the checkpoint of this task
+
+
+def small(**changes):
+    return preset("permuted_digits").replace(**{"num_tasks": 3, "iters": 60, "threads": 1, **changes})
+
+
+def test_summary_metrics():
+    s = summarize([[90.0], [80.0, 95.0], [70.0, 90.0, 99.0]])
+    assert s["acc_during"] == [90.0, 95.0, 99.0] and s["acc_after"] == [70.0, 90.0, 99.0]
+    assert s["acc_after_mean"] == pytest.approx(259 / 3)
+    assert s["forgetting"] == pytest.approx((20 + 5) / 2)
+
+
+def test_beta_zero_turns_the_regularizer_off():
+    rec = Recorder()
+    train(small(beta=0.0, num_tasks=2, iters=5), callbacks=[rec])
+    assert not any(has_reg for _, has_reg in rec.reg_seen)
+    rec = Recorder()
+    train(small(num_tasks=2, iters=5), callbacks=[rec])
+    assert [has for task, has in rec.reg_seen] == [False] * 5 + [True] * 5
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    cfg = small(reg_subset=1)  # the random subset of earlier tasks must resume identically too
+    full = train(cfg, checkpoint=tmp_path / "full.pt")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[Recorder(stop_after=1)], checkpoint=tmp_path / "cut.pt")
+    assert torch.load(tmp_path / "cut.pt", weights_only=True)["next_task"] == 2
+    rec = Recorder()
+    resumed = train(cfg, callbacks=[rec], checkpoint=tmp_path / "cut.pt", resume=True)
+    assert [task for task, _, _ in rec.ends] == [2]  # only the last task was trained again
+    assert resumed["acc_matrix"] == full["acc_matrix"]
+    a = torch.load(tmp_path / "full.pt", weights_only=True)["hnet"]
+    b = torch.load(tmp_path / "cut.pt", weights_only=True)["hnet"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(small(num_tasks=1, iters=2), checkpoint=tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="different configuration"):
+        train(small(num_tasks=1, iters=2, lr=0.5), checkpoint=tmp_path / "c.pt", resume=True)
+
+
+def test_nan_injection_raises():
+    with pytest.raises(TrainingDiverged):
+        train(small(num_tasks=2, iters=3, nan_at_task=1))
+
+
+def test_validation_split_is_reported():
+    result = train(small(num_tasks=2, iters=20, val_fraction=0.2))
+    assert len(result["val_acc_matrix"]) == 2 and 0 <= result["val_acc_after_mean"] <= 100
+
+
+def test_regularizer_prevents_forgetting_which_fine_tuning_suffers():
+    """The paper's central claim, on PermutedDigits: β > 0 keeps task 1, β = 0 forgets it."""
+    cfg = preset("permuted_digits").replace(threads=2)  # 5 tasks, 300 iterations each
+    bench = load_benchmark(cfg)
+    protected = train(cfg, bench)
+    fine_tuned = train(cfg.replace(beta=0.0), bench)
+    assert protected["acc_during"][0] > 90 and fine_tuned["acc_during"][0] > 90
+    assert protected["acc_after"][0] > protected["acc_during"][0] - 3  # stays close
+    assert fine_tuned["acc_after"][0] < fine_tuned["acc_during"][0] - 25  # forgets clearly
+    assert protected["acc_after_mean"] > fine_tuned["acc_after_mean"] + 15
