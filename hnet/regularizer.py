@@ -91,11 +91,40 @@ def output_regularizer(hnet: ChunkedHypernetwork, targets: RegTargets,
     d_bias = params["out.bias"] - targets.out_bias  # (S,)
     ones = torch.ones_like(h[..., :1])
     U = torch.cat([stored_h, h - stored_h, ones], dim=-1)  # (P, C, 2w+1)
-    V = torch.cat([d_weight, params["out.weight"], d_bias[:, None]], dim=-1)  # (S, 2w+1)
     full = hnet.num_outputs // hnet.chunk_size  # chunks that are not truncated
     U_full = U[:, :full].reshape(-1, U.shape[-1])
-    total = (U_full.T @ U_full * (V.T @ V)).sum()
+    total = _QuadraticForm.apply(d_weight, params["out.weight"], d_bias, U_full.T @ U_full)
     if full < hnet.num_chunks:  # the truncated last chunk: only its first `rest` outputs count
         rest = hnet.num_outputs - full * hnet.chunk_size
-        total = total + (U[:, full] @ V[:rest].T).square().sum()
+        V_rest = torch.cat([d_weight[:rest], params["out.weight"][:rest], d_bias[:rest, None]], dim=-1)
+        total = total + (U[:, full] @ V_rest.T).square().sum()
     return total / len(embs)
+
+
+class _QuadraticForm(torch.autograd.Function):
+    """Σ_s v_s^T G v_s = <G, V^T V> for V = [dA, A, db] (S x (2w+1)), G = U^T U symmetric.
+
+    The rows of V are never concatenated: Y = V G is two matrix products and a rank-1
+    update, the value is Σ V ⊙ Y, and the gradient w.r.t. V is 2Y, already computed.
+    This touches the (chunk_size x w) matrices a few times instead of the many passes of
+    autograd through cat / Gram / elementwise product (memory-bound on CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, d_weight, weight, d_bias, gram):
+        w = d_weight.shape[1]
+        Y = d_weight @ gram[:w]
+        Y.addmm_(weight, gram[w:2 * w]).addr_(d_bias, gram[2 * w])
+        ctx.save_for_backward(d_weight, weight, d_bias, Y)
+        return ((Y[:, :w] * d_weight).sum() + (Y[:, w:2 * w] * weight).sum()) + Y[:, 2 * w] @ d_bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        d_weight, weight, d_bias, Y = ctx.saved_tensors
+        w = d_weight.shape[1]
+        Y2 = Y * (2 * grad)
+        grad_gram = None
+        if ctx.needs_input_grad[3]:
+            V = torch.cat([d_weight, weight, d_bias[:, None]], dim=1)
+            grad_gram = (V.T @ V) * grad
+        return Y2[:, :w], Y2[:, w:2 * w], Y2[:, 2 * w], grad_gram

@@ -120,3 +120,16 @@ def test_subset_averages_over_the_chosen_tasks_only(form):
     got = output_regularizer(hnet, targets, subset=subset)
     torch.testing.assert_close(got, reference(hnet, direct, [3, 1]))
     assert abs(got.item() - output_regularizer(hnet, targets).item()) > 1e-6
+
+
+def test_quadratic_form_gradient():
+    from hnet.regularizer import _QuadraticForm
+
+    g = torch.Generator().manual_seed(0)
+    d_weight, weight = (torch.randn(30, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    d_bias = torch.randn(30, generator=g, dtype=torch.float64, requires_grad=True)
+    U = torch.randn(11, 7, generator=g, dtype=torch.float64)
+    gram = (U.T @ U).requires_grad_()
+    assert torch.autograd.gradcheck(_QuadraticForm.apply, (d_weight, weight, d_bias, gram))
+    V = torch.cat([d_weight, weight, d_bias[:, None]], 1)
+    torch.testing.assert_close(_QuadraticForm.apply(d_weight, weight, d_bias, gram), (U @ V.T).square().sum())
