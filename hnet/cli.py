@@ -166,16 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="build the models, print weight counts and compression ratio as JSON, train nothing")
     p.set_defaults(func=cmd_train)
+    from sweeps.cli import add_sweep_parser
+
+    add_sweep_parser(sub, _Parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sweeps.spec import SpecError
+
     from .data import DataError
 
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (UserError, ConfigError, DataError) as exc:
+    except (UserError, ConfigError, DataError, SpecError) as exc:
         print(f"hnet: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:

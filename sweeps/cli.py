@@ -1,0 +1,119 @@
+"""`hnet sweep run SPEC` and `hnet sweep dry-run SPEC`."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .spec import SpecError, SweepSpec, load_spec
+
+CONFIGS = Path(__file__).resolve().parent / "configs"  # specs shipped with the package
+
+
+def resolve_spec_path(name: str) -> Path:
+    """A path, or the name of a spec shipped in sweeps/configs (e.g. `smoke`)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise SpecError(f"spec {name} not found (a YAML path, or one of: {', '.join(shipped_specs())})")
+
+
+def shipped_specs() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def _load(args: argparse.Namespace) -> SweepSpec:
+    """The spec with command-line overrides applied; paths made absolute."""
+    spec = load_spec(resolve_spec_path(args.spec), {"num_samples": args.num_samples})
+    if getattr(args, "tracking_uri", None):
+        spec.tracking_uri = args.tracking_uri
+    if getattr(args, "storage_path", None):
+        spec.storage_path = args.storage_path
+    if getattr(args, "data_root", None):
+        spec.base = spec.base.replace(data_root=args.data_root)
+    if getattr(args, "iters", None):
+        spec.base = spec.base.replace(iters=args.iters)
+    if spec.base.data_root and "://" not in spec.base.data_root:  # trials run in other folders
+        spec.base = spec.base.replace(data_root=str(Path(spec.base.data_root).resolve()))
+    if spec.base.threads == 0:  # one torch thread per reserved CPU (no oversubscription)
+        spec.base = spec.base.replace(threads=max(1, math.floor(spec.cpus_per_trial)))
+    return spec
+
+
+def cmd_dry_run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from hnet.models import count_weights
+
+    from .search import Rejected, make_sampler, sample_config, to_train_config
+
+    spec = _load(args)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = ["maximize" if m == "max" else "minimize" for _, m in spec.objectives]
+    study = optuna.create_study(sampler=make_sampler(spec), directions=directions)
+    accepted = 0
+    print(f"{'#':>4}  {'status':<9}{'compression':>12}{'hnet weights':>14}  configuration")
+    for i in range(spec.num_samples):
+        trial = study.ask()
+        sample_config(trial, spec)
+        try:
+            cfg = to_train_config(spec, trial.params)
+            counts = count_weights(cfg)
+            accepted += 1
+            status, ratio, weights = "accepted", f"{counts.compression_ratio:.4f}", f"{counts.hnet_weights:,}"
+            shown = {k: trial.params[k] for k in trial.params} | {"chunk_size": cfg.chunk_size}
+        except Rejected as exc:
+            status, ratio, weights, shown = "rejected", str(exc).split()[2] if "ratio" in str(exc) else "-", "-", trial.params
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing is trained in a dry run
+        print(f"{i:>4}  {status:<9}{ratio:>12}{weights:>14}  " + " ".join(f"{k}={v}" for k, v in shown.items()))
+    print(f"\n{accepted} of {spec.num_samples} drawn configurations lie in the compression range "
+          f"[{spec.compression_min}, {spec.compression_max}]; a real sweep redraws rejected ones and trains "
+          f"{spec.num_samples} configurations x {spec.seeds} seed(s) = {spec.num_trials} trials.")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_sweep
+
+    spec = _load(args)  # validated before Ray starts
+    print(f"hnet sweep: {spec.name}: {spec.num_samples} configurations x {spec.seeds} seed(s), "
+          f"{spec.algorithm} search, {spec.base.benchmark}, MLflow {spec.tracking_uri} (experiment {spec.experiment!r})",
+          flush=True)
+    summary = run_sweep(spec, address=args.address, resume=args.resume)
+    stats = summary["stats"]
+    print(f"\nsweep {summary['state']['sweep_id']}: {stats['trials']} trials, {stats['trials_completed']} completed, "
+          f"{stats['trials_failed']} failed, {stats['trials_pruned']} pruned/unfinished, "
+          f"{stats['sweep_wall_seconds']:.0f}s")
+    if summary["best"]:
+        print(f"best trials by {spec.metric}:")
+        for row in summary["best"]:
+            cfg = {k: row.get(k) for k in list(spec.space) + ["chunk_size", "seed"] if k in row}
+            print(f"  {row['trial_id']}  {spec.metric}={row[spec.metric]:.2f}  "
+                  f"compression={row['compression_ratio']:.4f}  " + " ".join(f"{k}={v}" for k, v in cfg.items()))
+    if not summary["state"].get("finished"):
+        print(f"sweep not finished: run `hnet sweep run {args.spec} --resume` to complete it", file=sys.stderr)
+    print(f"results: mlflow ui --backend-store-uri {spec.tracking_uri}   (experiment {spec.experiment!r}; "
+          f"Tune folder {summary['sweep_dir']})")
+    return 0
+
+
+def add_sweep_parser(sub: argparse._SubParsersAction, parser_class) -> None:
+    sweep = sub.add_parser("sweep", help="hyperparameter sweeps with Ray Tune + Optuna, recorded in MLflow")
+    actions = sweep.add_subparsers(dest="sweep_command", required=True, parser_class=parser_class)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("spec", help=f"sweep spec: a YAML path or a shipped name ({', '.join(shipped_specs())})")
+    common.add_argument("--num-samples", type=int, help="configurations to train (overrides the spec)")
+    common.add_argument("--data-root", help="dataset folder (overrides the spec's base.data_root)")
+    common.add_argument("--iters", type=int, help="training iterations per task (overrides the spec)")
+    run = actions.add_parser("run", parents=[common], help="run a sweep (local Ray, or a cluster with --address)")
+    run.add_argument("--address", help="Ray cluster address (e.g. 127.0.0.1:6379 or auto); default: local Ray")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default from the spec: sqlite:///mlflow.db)")
+    run.add_argument("--storage-path", help="Tune storage for results and checkpoints (shared on clusters)")
+    run.add_argument("--resume", action="store_true", help="finish the newest unfinished sweep of this spec")
+    run.set_defaults(func=cmd_run)
+    dry = actions.add_parser("dry-run", parents=[common], help="print sampled configurations and compression ratios")
+    dry.set_defaults(func=cmd_dry_run)

@@ -1,0 +1,152 @@
+"""MLflow records of a sweep: one parent run, one nested run per trial.
+
+All logging happens in the Tune driver (a ``tune.Callback``), from the results trials
+report; workers never talk to MLflow. So only the driver needs to reach the tracking
+store (a SQLite file works, with a single writer), and nothing depends on files in
+trial directories of other nodes. The callback is idempotent across restarts: a trial's
+run is found again by its ``trial_id`` tag, and steps already logged are not logged twice,
+so a restored or retried trial continues its own run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from .spec import SweepSpec
+
+SUMMARY_KEYS = ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio", "hnet_weights",
+                "target_weights", "task_embedding_weights", "num_chunks", "train_seconds", "iters_per_second",
+                "val_acc_after_mean", "val_acc_during_mean")
+
+
+def code_version() -> dict[str, str]:
+    try:
+        version = metadata.version("hnet-sweeps")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"hnet.version": version, "git_commit": commit}
+
+
+def get_experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
+    """Create the sweep's parent run; returns its id."""
+    client = MlflowClient(spec.tracking_uri)
+    experiment_id = get_experiment_id(client, spec.experiment)
+    tags = {"mlflow.runName": sweep_id, "sweep_id": sweep_id, "sweep_name": spec.name, "role": "sweep",
+            "benchmark": spec.base.benchmark, "scenario": spec.base.scenario, "search_space": spec.source or spec.name,
+            "search_algorithm": spec.algorithm, "storage_path": storage, **code_version()}
+    run = client.create_run(experiment_id, tags=tags, run_name=sweep_id)
+    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in spec.to_flat_params().items()])
+    return run.info.run_id
+
+
+def finish_parent_run(spec: SweepSpec, parent_run_id: str, stats: dict[str, float]) -> None:
+    client = MlflowClient(spec.tracking_uri)
+    now = int(time.time() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in stats.items()])
+    client.set_terminated(parent_run_id, "FINISHED")
+
+
+def accuracy_matrix_csv(matrix: list[list[float]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["after_task"] + [f"task_{j}" for j in range(len(matrix))])
+    for i, row in enumerate(matrix):
+        writer.writerow([i] + [f"{a:.4f}" for a in row] + [""] * (len(matrix) - len(row)))
+    return out.getvalue()
+
+
+class MLflowTrialLogger(tune.Callback):
+    def __init__(self, spec: SweepSpec, parent_run_id: str, sweep_id: str) -> None:
+        self.tracking_uri, self.experiment = spec.tracking_uri, spec.experiment
+        self.num_tasks = spec.base.num_tasks
+        self.base_tags = {"benchmark": spec.base.benchmark, "scenario": spec.base.scenario,
+                          "search_space": spec.source or spec.name, "sweep_id": sweep_id, "role": "trial",
+                          "mlflow.parentRunId": parent_run_id, **code_version()}
+        self.parent_run_id = parent_run_id
+        self._client = None
+        self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._last_step: dict[str, int] = {}  # trial_id -> last task index logged
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment
+        return {**self.__dict__, "_client": None, "_runs": {}, "_last_step": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial) -> str:
+        """The trial's run: cached, else found by tag (after a restart), else created."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        experiment_id = get_experiment_id(self.client, self.experiment)
+        found = self.client.search_runs(
+            [experiment_id], max_results=1,
+            filter_string=f"tags.trial_id = '{trial.trial_id}' and tags.sweep_id = '{self.base_tags['sweep_id']}'")
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "acc_after_mean")
+            self._last_step[trial.trial_id] = max((m.step for m in history), default=-1)
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            config = trial.config
+            tags = {**self.base_tags, "trial_id": trial.trial_id, "config_group": str(config.get("config_group")),
+                    "seed_index": str(config.get("seed_index")), "mlflow.runName": trial.trial_id}
+            run_id = self.client.create_run(experiment_id, tags=tags, run_name=trial.trial_id).info.run_id
+            params = [Param(k, str(v)) for k, v in config.items()]
+            self.client.log_batch(run_id, params=params)
+            self._last_step[trial.trial_id] = -1
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self.run_id(trial)
+        step = int(result["tasks_done"]) - 1
+        if step <= self._last_step.get(trial.trial_id, -1):
+            return  # already logged before a restart
+        now = int(time.time() * 1000)
+        row = result["acc_matrix"][-1]
+        metrics = [Metric(f"acc_task_{j}", float(a), now, step) for j, a in enumerate(row)]
+        metrics += [Metric(k, float(result[k]), now, step) for k in SUMMARY_KEYS if k in result]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._last_step[trial.trial_id] = step
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_id(trial)
+        result = trial.last_result or {}
+        if "acc_matrix" in result:
+            payload = {k: v for k, v in result.items() if k in SUMMARY_KEYS or k in ("acc_matrix", "tasks_done")}
+            payload["config"] = trial.config
+            self.client.log_text(run_id, json.dumps(payload, indent=2), "results.json")
+            self.client.log_text(run_id, accuracy_matrix_csv(result["acc_matrix"]), "acc_matrix.csv")
+        pruned = result.get("tasks_done", 0) < self.num_tasks
+        self.client.set_tag(run_id, "trial_status", "pruned" if pruned else "completed")
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_id(trial)
+        error = getattr(trial, "error_file", None)
+        self.client.log_batch(run_id, tags=[RunTag("trial_status", "failed"), RunTag("error_file", str(error))])
+        self.client.set_terminated(run_id, "FAILED")
