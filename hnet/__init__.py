@@ -1,7 +1,6 @@
-"""Continual learning with task-conditioned hypernetworks (von Oswald et al., ICLR 2020)."""
-from .config import PRESETS, ConfigError, TrainConfig, preset
-from .models import ChunkedHypernetwork, MLP, build_models, count_weights, target_forward
-from .trainer import Callback, train
+"""Continual learning with task-conditioned hypernetworks (von Oswald et al., ICLR 2020).
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "preset", "ChunkedHypernetwork", "MLP", "build_models",
-           "count_weights", "target_forward", "Callback", "train"]
+Modules: ``config`` (TrainConfig, presets), ``counts`` (weight counts), ``models`` (target
+networks, chunked hypernetwork), ``regularizer`` (Eq. 2), ``data`` (benchmarks), ``trainer``
+(the continual trainer), ``cli``. Importing the package itself stays light (no torch).
+"""

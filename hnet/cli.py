@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .config import ACTIVATIONS, BENCHMARKS, PRESETS, REG_FORMS, ConfigError, TrainConfig, preset
+from .config import ACTIVATIONS, BENCHMARKS, PRESETS, REG_FORMS, ConfigError, DataError, TrainConfig, preset
 
 USAGE_ERROR = 2
 
@@ -110,7 +110,7 @@ def print_accuracy_table(result: dict[str, Any], out=sys.stdout) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .models import count_weights
+    from .counts import count_weights
 
     cfg = config_from_args(args)
     counts = count_weights(cfg)
@@ -174,8 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from sweeps.spec import SpecError
-
-    from .data import DataError
 
     try:
         args = build_parser().parse_args(argv)

@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line for the user."""
 
 
+class DataError(RuntimeError):
+    """Data cannot be loaded; the message is one line for the user."""
+
+
 @dataclass(frozen=True)
 class BenchmarkSpec:
     """What the model builder needs to know about a benchmark, without loading data."""

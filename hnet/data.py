@@ -14,14 +14,10 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .config import DataError, TrainConfig
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-class DataError(RuntimeError):
-    """Data cannot be loaded; the message is one line for the user."""
 
 
 @dataclass

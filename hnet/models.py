@@ -7,8 +7,6 @@ many weights to produce, so other targets (ResNet-32, ZenkeNet) plug in unchange
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,39 +122,6 @@ class ChunkedHypernetwork(nn.Module):
 
     def embeddings(self, tasks: range | list[int]) -> torch.Tensor:
         return torch.stack([self.task_embs[t] for t in tasks])
-
-
-@dataclass(frozen=True)
-class WeightCounts:
-    target_weights: int
-    hnet_weights: int  # Θ, chunk embeddings included
-    task_embedding_weights: int
-    num_chunks: int
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.hnet_weights / self.target_weights
-
-    def to_dict(self) -> dict[str, float]:
-        return {"target_weights": self.target_weights, "hnet_weights": self.hnet_weights,
-                "task_embedding_weights": self.task_embedding_weights,
-                "num_chunks": self.num_chunks, "compression_ratio": self.compression_ratio}
-
-
-def _linear_stack_weights(dims: list[int]) -> int:
-    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
-
-
-def count_weights(cfg: TrainConfig) -> WeightCounts:
-    """Analytic weight counts: no allocation, so sweeps can filter architectures cheaply."""
-    spec = cfg.spec
-    heads = cfg.num_tasks if cfg.multi_head else 1
-    target = _linear_stack_weights([spec.input_dim, *cfg.target_hidden]) + \
-        _linear_stack_weights([cfg.target_hidden[-1], spec.classes_per_task * heads])
-    num_chunks = math.ceil(target / cfg.chunk_size)
-    hnet = _linear_stack_weights([cfg.task_emb_dim + cfg.chunk_emb_dim, *cfg.hnet_hidden, cfg.chunk_size])
-    hnet += num_chunks * cfg.chunk_emb_dim
-    return WeightCounts(target, hnet, cfg.num_tasks * cfg.task_emb_dim, num_chunks)
 
 
 def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[MLP, ChunkedHypernetwork]:

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .data import Benchmark, load_benchmark
-from .models import build_models, count_weights, target_forward
+from .counts import count_weights
+from .models import build_models, target_forward
 from .regularizer import adam_lookahead, output_regularizer, snapshot
 
 

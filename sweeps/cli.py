@@ -41,13 +41,20 @@ def _load(args: argparse.Namespace) -> SweepSpec:
         spec.base = spec.base.replace(data_root=str(Path(spec.base.data_root).resolve()))
     if spec.base.threads == 0:  # one torch thread per reserved CPU (no oversubscription)
         spec.base = spec.base.replace(threads=max(1, math.floor(spec.cpus_per_trial)))
+    from .search import check_feasible  # imports Ray and Optuna: only once the spec is valid
+
+    grid_size = check_feasible(spec)
+    if grid_size is not None and spec.num_samples > grid_size:
+        print(f"hnet sweep: the grid has {grid_size} trainable points: num_samples {spec.num_samples} -> {grid_size}",
+              file=sys.stderr)
+        spec.num_samples = grid_size
     return spec
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
     import optuna
 
-    from hnet.models import count_weights
+    from hnet.counts import count_weights
 
     from .search import Rejected, make_sampler, sample_config, to_train_config
 

@@ -108,7 +108,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False)
     results = tuner.fit()
     frame = results.get_dataframe()
     errors = len(results.errors)
-    done = int((frame.get("tasks_done", 0) == spec.base.num_tasks).sum()) if len(frame) else 0
+    done = int((frame["tasks_done"] == spec.base.num_tasks).sum()) if "tasks_done" in frame else 0
     stats = {"trials": len(results), "trials_completed": done, "trials_failed": errors,
              "trials_pruned": len(results) - done - errors, "sweep_wall_seconds": time.time() - started}
     if (sweep_dir / SEARCH_STATS).exists():
@@ -119,10 +119,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False)
         finish_parent_run(spec, state["parent_run_id"], stats)
         state["finished"] = True
         (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
-    best = []
-    if len(frame) and spec.metric in frame:
-        cols = [c for c in frame.columns if c.startswith("config/")]
-        top = frame.sort_values(spec.metric, ascending=spec.mode == "min").head(5)
+    best = []  # among trials that learned every task
+    completed = frame[frame["tasks_done"] == spec.base.num_tasks] if "tasks_done" in frame else frame.iloc[:0]
+    if len(completed) and spec.metric in completed:
+        cols = [c for c in completed.columns if c.startswith("config/")]
+        top = completed.sort_values(spec.metric, ascending=spec.mode == "min").head(5)
         best = [{"trial_id": r["trial_id"], spec.metric: r[spec.metric], "compression_ratio": r.get("compression_ratio"),
                  **{c[len("config/"):]: r[c] for c in cols}} for _, r in top.iterrows()]
     return {"sweep_dir": str(sweep_dir), "stats": stats, "best": best, "state": state}

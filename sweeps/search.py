@@ -15,6 +15,7 @@ hidden layer i exists only when i layers were drawn) are asked only when they ex
 """
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 from pathlib import Path
@@ -25,7 +26,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from hnet.config import ConfigError, TrainConfig
-from hnet.models import count_weights
+from hnet.counts import count_weights
 
 from .spec import SpecError, SweepSpec, fit_chunk_size
 
@@ -97,6 +98,39 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
                 for k, v in spec.space.items() if isinstance(v, list)}
         return optuna.samplers.GridSampler(grid, seed=spec.search_seed)
     return optuna.samplers.TPESampler(seed=spec.search_seed)
+
+
+def check_feasible(spec: SweepSpec, probes: int = 300) -> int | None:
+    """Before Ray starts: fail fast if no configuration lies in the compression range.
+
+    Grid search enumerates its grid and returns how many points are trainable (the sweep
+    is capped there); other algorithms probe random draws of the space.
+    """
+    def key(params: dict[str, Any]) -> str | None:
+        try:
+            return repr(sorted(to_train_config(spec, params).to_dict().items()))
+        except Rejected:
+            return None
+
+    if spec.algorithm == "grid":
+        names = [k for k, v in spec.space.items() if isinstance(v, list)]
+        grid = list(itertools.product(*(spec.space[k] for k in names)))
+        feasible = {key(dict(zip(names, point))) for point in grid} - {None}
+        if not feasible:
+            raise SpecError(f"none of the {len(grid)} grid points lies in the compression range "
+                            f"[{spec.compression_min}, {spec.compression_max}]")
+        return len(feasible)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.search_seed))
+    for _ in range(probes):
+        trial = study.ask()
+        sample_config(trial, spec)
+        found = key(trial.params)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if found:
+            return None
+    raise SpecError(f"none of {probes} random draws lies in the compression range "
+                    f"[{spec.compression_min}, {spec.compression_max}]")
 
 
 def trial_config(cfg: TrainConfig, group: str, seed_index: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from hnet.config import ConfigError, TrainConfig, preset
-from hnet.models import count_weights
+from hnet.counts import count_weights
 
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
 SCHEDULERS = ("none", "asha")
@@ -46,7 +46,7 @@ class SweepSpec:
     max_concurrent: int = 2
     compression_min: float = 0.0
     compression_max: float = math.inf
-    max_rejections: int = 10_000  # architectures drawn outside the compression range, in a row
+    max_rejections: int = 2_000  # draws in a row outside the compression range (or repeats) before giving up
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     scheduler: str = "none"
@@ -146,7 +146,7 @@ def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
             max_concurrent=int(search.get("max_concurrent", 2)),
             compression_min=float(compression.get("min", 0.0)),
             compression_max=float(compression.get("max", math.inf)),
-            max_rejections=int(compression.get("max_rejections", 10_000)),
+            max_rejections=int(compression.get("max_rejections", 2_000)),
             cpus_per_trial=float(resources.get("cpu", 1)),
             gpus_per_trial=float(resources.get("gpu", 0)),
             scheduler=str(scheduler.get("type", "none")),

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from hnet.config import TrainConfig, preset
-from hnet.models import MLP, ChunkedHypernetwork, build_models, count_weights, flat_weights, num_weights, target_forward
+from hnet.counts import count_weights
+from hnet.models import MLP, ChunkedHypernetwork, build_models, flat_weights, num_weights, target_forward
 
 
 def built_counts(cfg):

@@ -1,0 +1,157 @@
+"""Sweeps with real Ray (local, 2 CPUs), real Optuna and a real MLflow SQLite store."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import yaml
+
+from sweeps.search import SweepSearcher
+from sweeps.spec import SpecError, parse_spec
+
+TINY_BASE = {"preset": "split_digits", "num_tasks": 3, "iters": 15, "batch_size": 32, "eval_batch_size": 1000}
+
+
+def write_spec(tmp_path, **changes):
+    spec = {"name": "t", "base": dict(TINY_BASE), "space": {"beta": [0.01, 0.1]},
+            "search": {"algorithm": "random", "seed": 0, "max_concurrent": 2}, "num_samples": 2,
+            "mlflow": {"experiment": "t", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+            "storage_path": str(tmp_path / "ray_results")}
+    spec.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def hnet(*args, cwd, timeout=600, python_flags=()):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "0"}
+    return subprocess.run([sys.executable, *python_flags, "-m", "hnet.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def runs(tmp_path, experiment="t"):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    df = mlflow.search_runs(experiment_names=[experiment])
+    return df[df["tags.role"] == "sweep"], df[df["tags.role"] == "trial"]
+
+
+# ---- validation: fast, before Ray ------------------------------------------------------------
+
+@pytest.mark.parametrize("changes, message", [
+    ({"space": {"beta": [0.01, -1]}}, "beta must be >= 0"),
+    ({"space": {"nonsense": [1]}}, "not a TrainConfig field"),
+    ({"search": {"algorithm": "bayes"}}, "search.algorithm must be one of"),
+    ({"compression": {"min": 2, "max": 1}}, "compression range"),
+    ({"base": {"preset": "split_digits", "hnet_activation": "tanh"}}, "unknown hnet_activation"),
+    ({"space": {"chunk_size": "fit"}}, "fit needs compression.max"),
+    ({"scheduler": "hyperband"}, "scheduler must be one of"),
+    ({"colour": "blue"}, "unknown key"),
+    ({"compression": {"max": 0.01}}, "lies in the compression range"),
+])
+def test_invalid_spec_fails_fast_without_ray(tmp_path, changes, message):
+    path = write_spec(tmp_path, **changes)
+    proc = hnet("sweep", "run", str(path), cwd=tmp_path, python_flags=["-X", "importtime"])
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "Ray instance" not in proc.stdout + proc.stderr  # Ray was never started
+    if "compression range" not in message:
+        assert "ray" not in imported and "torch" not in imported  # validation alone: fast, no heavy imports
+
+
+def test_compression_filter_rejects_before_any_trial():
+    spec = parse_spec({"name": "c", "base": TINY_BASE,
+                       "space": {"hnet_hidden": {"layers": [1, 2], "sizes": [5, 10, 20, 30, 50, 100]},
+                                 "chunk_size": [10, 100, 200, 500, 1000, 2000, 5000]},
+                       "search": {"algorithm": "random"}, "compression": {"min": 0.1, "max": 0.5}})
+    searcher = SweepSearcher(spec)
+    configs = [searcher.suggest(f"trial{i}") for i in range(8)]
+    from hnet.config import TrainConfig
+    from hnet.counts import count_weights
+    from sweeps.trainable import TRIAL_KEYS
+    ratios = [count_weights(TrainConfig.from_dict({k: v for k, v in c.items() if k not in TRIAL_KEYS})).compression_ratio
+              for c in configs]
+    assert all(0.1 <= r <= 0.5 for r in ratios), ratios
+    assert searcher.stats["architectures_rejected"] > 0
+    # conditional space: a 1-layer draw has no size for layer 2
+    trials = searcher.inner._ot_study.trials
+    assert any(t.params.get("hnet_layers") == 1 and "hnet_layer2" not in t.params for t in trials)
+
+
+def test_seeds_per_configuration_share_one_optuna_trial():
+    spec = parse_spec({"name": "s", "base": TINY_BASE, "space": {"beta": [0.01, 0.1, 1.0]}, "seeds": 3,
+                       "search": {"algorithm": "tpe"}})
+    searcher = SweepSearcher(spec)
+    configs = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert len({c["config_group"] for c in configs}) == 1 and [c["seed"] for c in configs] == ["0", "1", "2"]
+    for i, acc in enumerate([90.0, 92.0, 94.0]):
+        searcher.on_trial_complete(f"t{i}", {"acc_after_mean": acc})
+    done = [t for t in searcher.inner._ot_study.trials if t.value is not None]
+    assert len(done) == 1 and done[0].value == pytest.approx(92.0)
+
+
+# ---- real sweeps ------------------------------------------------------------------------------
+
+def test_sweep_records_every_trial_and_survives_a_failing_one(tmp_path):
+    path = write_spec(tmp_path, space={"nan_at_task": [-1, 1], "beta": [0.01, 0.1]},
+                      search={"algorithm": "grid", "seed": 0, "max_concurrent": 2}, num_samples=4, max_failures=0,
+                      compression={"max": 4.0})
+    proc = hnet("sweep", "run", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "4 trials, 2 completed, 2 failed" in proc.stdout
+    parents, trials = runs(tmp_path)
+    assert len(parents) == 1 and len(trials) == 4
+    assert (trials["tags.mlflow.parentRunId"] == parents.run_id.iloc[0]).all()
+    failed = trials[trials["params.nan_at_task"] == "1"]
+    ok = trials[trials["params.nan_at_task"] == "-1"]
+    assert (failed.status == "FAILED").all() and (failed["tags.trial_status"] == "failed").all()
+    assert (ok.status == "FINISHED").all() and (ok["metrics.compression_ratio"] <= 4.0).all()
+    client = mlflow.tracking.MlflowClient()
+    for run_id in ok.run_id:
+        for task in range(3):  # the accuracy matrix: task j measured after tasks j..2
+            steps = [m.step for m in client.get_metric_history(run_id, f"acc_task_{task}")]
+            assert steps == list(range(task, 3))
+        assert {a.path for a in client.list_artifacts(run_id)} == {"results.json", "acc_matrix.csv"}
+    for run_id in failed.run_id:  # the failing trials still logged task 0 before the NaN
+        assert [m.step for m in client.get_metric_history(run_id, "acc_task_0")] == [0]
+    assert parents["metrics.trials_failed"].iloc[0] == 2
+
+
+def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
+    base = {**TINY_BASE, "iters": 150, "num_tasks": 4}
+    path = write_spec(tmp_path, base=base, num_samples=4, space={"beta": [0.01, 0.05, 0.1, 0.5]},
+                      search={"algorithm": "grid", "seed": 0, "max_concurrent": 2})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "hnet.cli", "sweep", "run", str(path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until some trial has finished a task, then Ctrl-C
+        time.sleep(2)
+        if (tmp_path / "mlflow.db").exists():
+            try:
+                _, trials = runs(tmp_path)
+            except Exception:
+                continue
+            if len(trials) and trials.get("metrics.acc_after_mean") is not None and trials["metrics.acc_after_mean"].notna().any():
+                break
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    _, trials = runs(tmp_path)
+    assert len(trials) < 4 or (trials.status == "RUNNING").any(), out[-3000:]
+
+    resumed = hnet("sweep", "run", str(path), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    parents, trials = runs(tmp_path)
+    assert len(parents) == 1 and parents.status.iloc[0] == "FINISHED"
+    assert len(trials) == 4 and trials["tags.trial_id"].is_unique
+    assert (trials.status == "FINISHED").all()
+    client = mlflow.tracking.MlflowClient()
+    for run_id in trials.run_id:
+        steps = [m.step for m in client.get_metric_history(run_id, "acc_after_mean")]
+        assert steps == [0, 1, 2, 3]  # every task once: no gap, no duplicate
