@@ -113,9 +113,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False)
              "trials_pruned": len(results) - done - errors, "sweep_wall_seconds": time.time() - started}
     if (sweep_dir / SEARCH_STATS).exists():
         stats.update(json.loads((sweep_dir / SEARCH_STATS).read_text()))
-    unfinished = any(r.metrics.get("tasks_done", 0) < spec.base.num_tasks and r.error is None
-                     and not r.metrics.get("done", True) for r in results)
-    if len(results) >= spec.num_trials and not unfinished:
+    # finished: every trial exists and ended. The in-memory ResultGrid calls interrupted trials
+    # terminated; the persisted experiment state keeps them PENDING/RUNNING, so ask it.
+    statuses = [t.status for t in tune.ExperimentAnalysis(results.experiment_path).trials]
+    if len(statuses) >= spec.num_trials and all(s in ("TERMINATED", "ERROR") for s in statuses):
         finish_parent_run(spec, state["parent_run_id"], stats)
         state["finished"] = True
         (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=2))

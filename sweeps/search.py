@@ -218,12 +218,10 @@ class SweepSearcher(Searcher):
             Path(self.stats_file).write_text(json.dumps(self.stats))
 
     def save(self, checkpoint_path: str) -> None:
-        self.inner.save(checkpoint_path + ".optuna")
-        state = {k: v for k, v in self.__dict__.items() if k not in ("inner", "spec")}
+        # One file (Tune syncs exactly this path): our state and the Optuna study together.
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(state, f)
+            pickle.dump(self.__dict__, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        self.inner.restore(checkpoint_path + ".optuna")
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 
 from hnet.config import TrainConfig
@@ -47,6 +48,8 @@ def run_trial(config: dict[str, Any]) -> None:
         if restored:  # retry or restore: continue after the last finished task
             with restored.as_directory() as folder:
                 shutil.copy(Path(folder) / "checkpoint.pt", local_checkpoint)
+            resumed_at = torch.load(local_checkpoint, weights_only=True)["next_task"]
+            print(f"hnet trial: resuming at task {resumed_at} of {cfg.num_tasks} (0-based)", flush=True)
         bench = load_benchmark(cfg, resolve_device(cfg.device))  # raw data cached per worker process
         train(cfg, bench, callbacks=[TuneReporter()], checkpoint=local_checkpoint, resume=True)
     finally:

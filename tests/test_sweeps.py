@@ -123,7 +123,7 @@ def test_sweep_records_every_trial_and_survives_a_failing_one(tmp_path):
 
 
 def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
-    base = {**TINY_BASE, "iters": 150, "num_tasks": 4}
+    base = {**TINY_BASE, "iters": 600, "num_tasks": 4}
     path = write_spec(tmp_path, base=base, num_samples=4, space={"beta": [0.01, 0.05, 0.1, 0.5]},
                       search={"algorithm": "grid", "seed": 0, "max_concurrent": 2})
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -144,9 +144,11 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
     _, trials = runs(tmp_path)
     assert len(trials) < 4 or (trials.status == "RUNNING").any(), out[-3000:]
 
+    assert "sweep not finished" in out, out[-3000:]
     resumed = hnet("sweep", "run", str(path), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resuming" in resumed.stdout
+    assert "hnet sweep: resuming" in resumed.stdout
+    assert "4 trials, 4 completed" in resumed.stdout
     parents, trials = runs(tmp_path)
     assert len(parents) == 1 and parents.status.iloc[0] == "FINISHED"
     assert len(trials) == 4 and trials["tags.trial_id"].is_unique
