@@ -96,8 +96,8 @@ def main() -> None:
     ap.add_argument("--peer-python", help="python of a venv with hypnettorch (times the reference side by side)")
     args = ap.parse_args()
 
-    variants = {"preset (factored, lookahead)": {},
-                "no lookahead, factored": {"lookahead": False},
+    variants = {"preset (factored, lookahead)": {"reg_form": "factored"},
+                "no lookahead, factored": {"lookahead": False, "reg_form": "factored"},
                 "no lookahead, direct": {"lookahead": False, "reg_form": "direct"}}
     peer = run_peer(args.peer_python, args.threads, args.iters, args.warmup) if args.peer_python else {}
     print(f"ms per training iteration (median of {args.iters}), CPU, torch {torch.__version__}")

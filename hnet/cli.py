@@ -41,7 +41,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--chunk-emb-dim", "chunk_emb_dim", int, "chunk embedding size"),
     ("--beta", "beta", float, "regularizer strength β of Eq. 2 (0 = fine-tuning baseline)"),
     ("--reg-subset", "reg_subset", int, "regularize a random subset of at most K earlier tasks (0 = all)"),
-    ("--reg-form", "reg_form", str, f"regularizer computation: {', '.join(REG_FORMS)}"),
+    ("--reg-form", "reg_form", str, f"regularizer computation: {', '.join(REG_FORMS)} (auto: the cheaper)"),
     ("--lr", "lr", float, "Adam learning rate"),
     ("--iters", "iters", int, "training iterations per task"),
     ("--batch-size", "batch_size", int, "mini-batch size"),

@@ -13,7 +13,7 @@ from typing import Any
 
 ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu")
 SCENARIOS = ("cl1",)  # CL2/CL3 need task inference; the config keeps room for them.
-REG_FORMS = ("factored", "direct")
+REG_FORMS = ("auto", "factored", "direct")
 
 
 class ConfigError(ValueError):
@@ -70,7 +70,7 @@ class TrainConfig:
     beta: float = 0.01
     lookahead: bool = True
     reg_subset: int = 0  # at most K random earlier tasks per iteration (App. D); 0 = all
-    reg_form: str = "factored"  # "direct" materialises generated weights (reference form)
+    reg_form: str = "auto"  # factored | direct (materialises generated weights) | auto: the cheaper one
     # optimisation
     lr: float = 1e-3
     iters: int = 500
@@ -120,6 +120,15 @@ class TrainConfig:
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         return self
+
+    def resolved_reg_form(self) -> str:
+        """auto: the factored form costs ~chunks*(2w+1)^2 per earlier task, the direct one
+        ~chunks*chunk_size*w; factored wins for few large chunks (the paper's presets),
+        direct for many small ones (e.g. chunk size 10 in the Fig. A7 grid)."""
+        if self.reg_form != "auto":
+            return self.reg_form
+        width = (self.hnet_hidden or (self.task_emb_dim + self.chunk_emb_dim,))[-1]
+        return "factored" if self.chunk_size >= 8 * width else "direct"
 
     # ---- (de)serialisation -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         embedding = hnet.task_embs[task]  # earlier embeddings stay frozen: not in the optimizer
         optimizer = torch.optim.Adam([*theta.values(), embedding], lr=cfg.lr)
         regularize = cfg.beta > 0 and task > 0
-        reg_targets = snapshot(hnet, task, cfg.reg_form) if regularize else None
+        reg_targets = snapshot(hnet, task, cfg.resolved_reg_form()) if regularize else None
         batches = bench.train_batches(task, cfg.batch_size, generator)
         poison = float("nan") if task == cfg.nan_at_task else 1.0
 

@@ -133,3 +133,12 @@ def test_quadratic_form_gradient():
     assert torch.autograd.gradcheck(_QuadraticForm.apply, (d_weight, weight, d_bias, gram))
     V = torch.cat([d_weight, weight, d_bias[:, None]], 1)
     torch.testing.assert_close(_QuadraticForm.apply(d_weight, weight, d_bias, gram), (U @ V.T).square().sum())
+
+
+def test_auto_form_picks_factored_for_large_chunks_and_direct_for_small():
+    from hnet.config import preset
+
+    assert preset("permuted_mnist").resolved_reg_form() == "factored"
+    assert preset("split_mnist").resolved_reg_form() == "factored"
+    assert preset("split_mnist").replace(chunk_size=10, hnet_hidden=(100,)).resolved_reg_form() == "direct"
+    assert preset("split_mnist").replace(chunk_size=10, reg_form="factored").resolved_reg_form() == "factored"

@@ -157,3 +157,20 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
     for run_id in trials.run_id:
         steps = [m.step for m in client.get_metric_history(run_id, "acc_after_mean")]
         assert steps == [0, 1, 2, 3]  # every task once: no gap, no duplicate
+
+
+def test_asha_stops_poor_configurations_after_the_first_tasks(tmp_path):
+    path = write_spec(tmp_path, base={**TINY_BASE, "num_tasks": 4, "iters": 40},
+                      space={"lr": [1e-2, 1e-6, 2e-6, 3e-6]}, num_samples=4,
+                      search={"algorithm": "grid", "seed": 0, "max_concurrent": 1},
+                      scheduler={"type": "asha", "grace_tasks": 1, "reduction_factor": 2})
+    proc = hnet("sweep", "run", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parents, trials = runs(tmp_path)
+    assert len(trials) == 4 and parents.status.iloc[0] == "FINISHED"
+    pruned = trials[trials["tags.trial_status"] == "pruned"]
+    assert len(pruned) >= 1 and (pruned["params.lr"] != "0.01").all()
+    assert (trials.loc[trials["params.lr"] == "0.01", "tags.trial_status"] == "completed").all()
+    client = mlflow.tracking.MlflowClient()
+    for run_id in pruned.run_id:  # stopped after fewer than all 4 tasks
+        assert len(client.get_metric_history(run_id, "acc_after_mean")) < 4

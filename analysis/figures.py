@@ -1,0 +1,58 @@
+"""Fig. A7 of the paper: accuracy against compression ratio over many architectures."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .runs import aggregate_seeds, pareto_front  # noqa: E402
+
+# The paper's CL1 hypernetwork accuracies (HNET, Table 1 / Appendix D), acc_after_mean in %.
+PAPER_ACCURACY = {"split_mnist": 99.79, "permuted_mnist": 97.57}
+TITLES = {"split_mnist": "SplitMNIST", "permuted_mnist": "PermutedMNIST-10"}
+
+
+def fig_a7(frame: pd.DataFrame, out_dir: str | Path, experiment: str = "") -> dict[str, Path]:
+    """Plot completed trials (mean ± std over seeds) per benchmark; write PNG, PDF and CSV."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = frame[frame["status"] == "completed"]
+    benchmarks = sorted(done["benchmark"].unique())
+    if not benchmarks:
+        raise ValueError("no completed trials to plot")
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(6 * len(benchmarks), 4.5), squeeze=False)
+    tables = []
+    for ax, benchmark in zip(axes[0], benchmarks):
+        points = aggregate_seeds(done[done["benchmark"] == benchmark])
+        points.insert(0, "benchmark", benchmark)
+        front = pareto_front(points, "acc_after_mean_mean")
+        points["pareto"] = front
+        tables.append(points)
+        ax.errorbar(points["compression_ratio"], points["acc_after_mean_mean"], yerr=points["acc_after_mean_std"].fillna(0),
+                    fmt="o", ms=4, alpha=0.6, color="tab:blue", label=f"architectures ({len(points)})")
+        frontier = points[front].sort_values("compression_ratio")
+        ax.plot(frontier["compression_ratio"], frontier["acc_after_mean_mean"], "-o", ms=5, color="tab:red",
+                label="Pareto front")
+        ax.axvline(1.0, color="grey", ls="--", lw=1, label="compression ratio 1")
+        if benchmark in PAPER_ACCURACY:
+            ax.axhline(PAPER_ACCURACY[benchmark], color="tab:green", ls=":", lw=1.5,
+                       label=f"paper HNET CL1 ({PAPER_ACCURACY[benchmark]}%)")
+        ax.set_xlabel("compression ratio (hypernetwork / target weights)")
+        ax.set_ylabel("final mean accuracy acc_after (%)")
+        ax.set_title(TITLES.get(benchmark, benchmark))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Fig. A7 reproduction{': ' + experiment if experiment else ''} — {len(done)} trials, "
+                 f"{time.strftime('%Y-%m-%d')}")
+    fig.tight_layout()
+    paths = {"png": out_dir / "fig_a7.png", "pdf": out_dir / "fig_a7.pdf", "csv": out_dir / "fig_a7.csv"}
+    fig.savefig(paths["png"], dpi=150)
+    fig.savefig(paths["pdf"])
+    plt.close(fig)
+    pd.concat(tables).to_csv(paths["csv"], index=False)
+    return paths
