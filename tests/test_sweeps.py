@@ -174,3 +174,19 @@ def test_asha_stops_poor_configurations_after_the_first_tasks(tmp_path):
     client = mlflow.tracking.MlflowClient()
     for run_id in pruned.run_id:  # stopped after fewer than all 4 tasks
         assert len(client.get_metric_history(run_id, "acc_after_mean")) < 4
+
+
+def test_multi_objective_search_builds_a_pareto_front():
+    spec = parse_spec({"name": "m", "base": TINY_BASE, "search": {"algorithm": "nsga2", "seed": 0},
+                       "space": {"hnet_hidden": ["", "10", "25,25"], "chunk_size": [500, 1000, 2000]}})
+    searcher = SweepSearcher(spec)
+    assert [m for m, _ in spec.objectives] == ["acc_after_mean", "compression_ratio"]
+    for i in range(4):
+        config = searcher.suggest(f"t{i}")
+        from hnet.config import TrainConfig
+        from hnet.counts import count_weights
+        from sweeps.trainable import TRIAL_KEYS
+        ratio = count_weights(TrainConfig.from_dict({k: v for k, v in config.items() if k not in TRIAL_KEYS})).compression_ratio
+        searcher.on_trial_complete(f"t{i}", {"acc_after_mean": 90.0 + 10 * ratio, "compression_ratio": ratio})
+    study = searcher.inner._ot_study
+    assert len(study.directions) == 2 and len(study.best_trials) >= 1
