@@ -16,8 +16,11 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
     With ``with_matrix`` an ``acc_matrix`` column holds each trial's accuracy matrix
     (rows: after task i; entries: accuracy on task j <= i), rebuilt from the per-task metrics.
     """
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    if found is None:
+        raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri}")
     mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.role = 'trial'",
+    runs = mlflow.search_runs(experiment_ids=[found.experiment_id], filter_string="tags.role = 'trial'",
                               output_format="pandas")
     if runs.empty:
         return runs

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,13 +16,9 @@ from typing import Any
 
 import yaml
 
-from .config import ACTIVATIONS, BENCHMARKS, PRESETS, REG_FORMS, ConfigError, DataError, TrainConfig, preset
+from .config import ACTIVATIONS, BENCHMARKS, PRESETS, REG_FORMS, TrainConfig, UserError, preset
 
 USAGE_ERROR = 2
-
-
-class UserError(Exception):
-    """Bad input: reported as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,19 +163,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="build the models, print weight counts and compression ratio as JSON, train nothing")
     p.set_defaults(func=cmd_train)
+    from analysis.report import add_report_parser
     from sweeps.cli import add_sweep_parser
 
     add_sweep_parser(sub, _Parser)
+    add_report_parser(sub, _Parser)
+    p = sub.add_parser("ui", help="start the MLflow UI on a tracking store (bound to 127.0.0.1)")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="backend store (default sqlite:///mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from sweeps.spec import SpecError
+def cmd_ui(args: argparse.Namespace) -> int:
+    if args.tracking_uri.startswith(("http://", "https://")):
+        raise UserError(f"{args.tracking_uri} is a tracking server: open it in a browser instead")
+    print(f"MLflow UI for {args.tracking_uri}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
+           "--host", args.host, "--port", str(args.port)]
+    return subprocess.call(cmd)
 
+
+def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (UserError, ConfigError, DataError, SpecError) as exc:
+    except UserError as exc:  # config, data, spec and argument errors
         print(f"hnet: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:

@@ -16,12 +16,16 @@ SCENARIOS = ("cl1",)  # CL2/CL3 need task inference; the config keeps room for t
 REG_FORMS = ("auto", "factored", "direct")
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message is one line for the user."""
+class UserError(Exception):
+    """Bad input from the user: the CLI prints the one-line message and exits with status 2."""
 
 
-class DataError(RuntimeError):
-    """Data cannot be loaded; the message is one line for the user."""
+class ConfigError(UserError, ValueError):
+    """A configuration that cannot run."""
+
+
+class DataError(UserError, RuntimeError):
+    """Data cannot be loaded."""
 
 
 @dataclass(frozen=True)
@@ -225,4 +229,4 @@ def preset(name: str) -> TrainConfig:
     return TrainConfig.from_dict(PRESETS[name])
 
 
-__all__ = ["TrainConfig", "ConfigError", "BENCHMARKS", "PRESETS", "preset", "parse_sizes"]
+__all__ = ["TrainConfig", "UserError", "ConfigError", "DataError", "BENCHMARKS", "PRESETS", "preset", "parse_sizes"]

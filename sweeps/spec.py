@@ -21,14 +21,14 @@ from typing import Any
 
 import yaml
 
-from hnet.config import ConfigError, TrainConfig, preset
+from hnet.config import ConfigError, TrainConfig, UserError, preset
 from hnet.counts import count_weights
 
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
 SCHEDULERS = ("none", "asha")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """An invalid sweep spec; the message is one line."""
 
 

@@ -58,3 +58,68 @@ def test_pareto_front_by_hand():
     frame = pd.DataFrame({"acc_after_mean": [90, 95, 93, 99, 80], "compression_ratio": [0.1, 0.5, 0.6, 0.9, 0.05]})
     # (0.05, 80) (0.1, 90) (0.5, 95) (0.9, 99) are undominated; (0.6, 93) is beaten by (0.5, 95)
     assert list(pareto_front(frame)) == [True, True, False, True, True]
+
+
+def test_report_is_written_and_logged_to_the_parent_run(store, tmp_path):
+    uri, workdir = store
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "hnet.cli", "report", "a", "--tracking-uri", uri, "--out", str(out)],
+                          cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (out / "report.md").read_text()
+    assert "8 (4 completed, 4 failed" in text.replace("trials: ", "") and "![Fig. A7](fig_a7.png)" in text
+    assert "Pareto set" in text and "split_digits: best acc_after_mean" in text
+    import mlflow
+    client = mlflow.tracking.MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("a").experiment_id], "tags.role = 'sweep'")[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/fig_a7.png", "report/fig_a7.pdf", "report/fig_a7.csv"} <= logged
+
+
+def test_report_of_unknown_experiment_is_one_line_error(store, tmp_path):
+    uri, _ = store
+    proc = subprocess.run([sys.executable, "-m", "hnet.cli", "report", "nope", "--tracking-uri", uri,
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"hnet: error: no MLflow experiment named 'nope' at {uri}"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_ui_server_answers_queries_and_serves_the_figure(store, tmp_path):
+    """`hnet ui` on loopback: runs queried through it with a filter string, figure fetched over HTTP."""
+    import socket
+    import time
+    import urllib.request
+
+    import mlflow
+
+    from analysis.report import write_report
+
+    uri, workdir = store
+    write_report("a", uri, tmp_path / "report")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "hnet.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+                              cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(base, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        client = mlflow.tracking.MlflowClient(base)
+        experiment_id = client.get_experiment_by_name("a").experiment_id
+        good = client.search_runs([experiment_id], "tags.role = 'trial' and params.nan_at_task = '-1'",
+                                  order_by=["metrics.acc_after_mean DESC"])
+        assert len(good) == 4 and all(r.info.status == "FINISHED" for r in good)
+        parent = client.search_runs([experiment_id], "tags.role = 'sweep'")[0]
+        with urllib.request.urlopen(f"{base}/get-artifact?path=report/fig_a7.png&run_uuid={parent.info.run_id}",
+                                    timeout=30) as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
