@@ -15,7 +15,7 @@ Search-space entries (field -> spec):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ class SweepSpec:
     tracking_uri: str = "sqlite:///mlflow.db"
     storage_path: str = "ray_results"
     source: str = ""  # the YAML file it came from
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
@@ -73,7 +72,7 @@ class SweepSpec:
     def to_flat_params(self) -> dict[str, str]:
         """Sweep-level MLflow params of the parent run."""
         out = {f"sweep.{k}": str(v) for k, v in self.__dict__.items()
-               if k not in ("base", "space", "extras")}
+               if k not in ("base", "space")}
         out.update({f"space.{k}": str(v) for k, v in self.space.items()})
         out.update({f"base.{k}": v for k, v in self.base.to_flat_params().items()})
         return out
@@ -112,7 +111,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
 
 
 def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
-    _check_keys("spec", raw, _TOP_KEYS | {"num_trials"})
+    _check_keys("spec", raw, _TOP_KEYS)
     try:
         base_values = dict(_mapping(raw.get("base"), "base"))
         name = base_values.pop("preset", None)
