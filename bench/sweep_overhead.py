@@ -18,13 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from hnet.config import TrainConfig
 from hnet.trainer import train
 from sweeps.cli import resolve_spec_path
 from sweeps.runner import run_sweep
-from sweeps.search import SweepSearcher
+from sweeps.search import SweepSearcher, train_config_of
 from sweeps.spec import load_spec, parse_spec
-from sweeps.trainable import TRIAL_KEYS
 
 
 def tiny_spec(trials: int, folder: Path):
@@ -53,7 +51,7 @@ def main() -> None:
         configs = [searcher.suggest(f"t{i}") for i in range(args.trials)]
         started = time.perf_counter()
         for config in configs:
-            train(TrainConfig.from_dict({k: v for k, v in config.items() if k not in TRIAL_KEYS}))
+            train(train_config_of(config))
         plain = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -133,9 +133,17 @@ def check_feasible(spec: SweepSpec, probes: int = 300) -> int | None:
                     f"[{spec.compression_min}, {spec.compression_max}]")
 
 
+TRIAL_KEYS = ("config_group", "seed_index")  # trial config entries that are not TrainConfig fields
+
+
 def trial_config(cfg: TrainConfig, group: str, seed_index: int) -> dict[str, Any]:
     """What a Tune trial receives: flat TrainConfig fields plus its configuration group."""
     return {**cfg.to_flat_params(), "config_group": group, "seed_index": seed_index}
+
+
+def train_config_of(trial: dict[str, Any]) -> TrainConfig:
+    """Inverse of ``trial_config``: the validated TrainConfig of a trial."""
+    return TrainConfig.from_dict({k: v for k, v in trial.items() if k not in TRIAL_KEYS}).validate()
 
 
 class SweepSearcher(Searcher):

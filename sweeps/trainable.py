@@ -14,11 +14,10 @@ from typing import Any
 import torch
 from ray import tune
 
-from hnet.config import TrainConfig
 from hnet.data import load_benchmark
 from hnet.trainer import Callback, resolve_device, train
 
-TRIAL_KEYS = ("config_group", "seed_index")  # trial config entries that are not TrainConfig fields
+from .search import train_config_of
 
 
 def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +39,7 @@ class TuneReporter(Callback):
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable. ``config``: flat TrainConfig fields (see sweeps.search)."""
-    cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k not in TRIAL_KEYS}).validate()
+    cfg = train_config_of(config)
     work = Path(tempfile.mkdtemp(prefix="hnet-trial-"))
     try:
         local_checkpoint = work / "checkpoint.pt"

@@ -71,11 +71,9 @@ def test_compression_filter_rejects_before_any_trial():
                        "search": {"algorithm": "random"}, "compression": {"min": 0.1, "max": 0.5}})
     searcher = SweepSearcher(spec)
     configs = [searcher.suggest(f"trial{i}") for i in range(8)]
-    from hnet.config import TrainConfig
     from hnet.counts import count_weights
-    from sweeps.trainable import TRIAL_KEYS
-    ratios = [count_weights(TrainConfig.from_dict({k: v for k, v in c.items() if k not in TRIAL_KEYS})).compression_ratio
-              for c in configs]
+    from sweeps.search import train_config_of
+    ratios = [count_weights(train_config_of(c)).compression_ratio for c in configs]
     assert all(0.1 <= r <= 0.5 for r in ratios), ratios
     assert searcher.stats["architectures_rejected"] > 0
     # conditional space: a 1-layer draw has no size for layer 2
@@ -183,10 +181,9 @@ def test_multi_objective_search_builds_a_pareto_front():
     assert [m for m, _ in spec.objectives] == ["acc_after_mean", "compression_ratio"]
     for i in range(4):
         config = searcher.suggest(f"t{i}")
-        from hnet.config import TrainConfig
         from hnet.counts import count_weights
-        from sweeps.trainable import TRIAL_KEYS
-        ratio = count_weights(TrainConfig.from_dict({k: v for k, v in config.items() if k not in TRIAL_KEYS})).compression_ratio
+        from sweeps.search import train_config_of
+        ratio = count_weights(train_config_of(config)).compression_ratio
         searcher.on_trial_complete(f"t{i}", {"acc_after_mean": 90.0 + 10 * ratio, "compression_ratio": ratio})
     study = searcher.inner._ot_study
     assert len(study.directions) == 2 and len(study.best_trials) >= 1
