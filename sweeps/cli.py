@@ -74,7 +74,8 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
             status, ratio, weights = "accepted", f"{counts.compression_ratio:.4f}", f"{counts.hnet_weights:,}"
             shown = {k: trial.params[k] for k in trial.params} | {"chunk_size": cfg.chunk_size}
         except Rejected as exc:
-            status, ratio, weights, shown = "rejected", str(exc).split()[2] if "ratio" in str(exc) else "-", "-", trial.params
+            ratio = "-" if exc.ratio is None else f"{exc.ratio:.4f}"
+            status, weights, shown = "rejected", "-", trial.params
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing is trained in a dry run
         print(f"{i:>4}  {status:<9}{ratio:>12}{weights:>14}  " + " ".join(f"{k}={v}" for k, v in shown.items()))
     print(f"\n{accepted} of {spec.num_samples} drawn configurations lie in the compression range "

@@ -31,12 +31,16 @@ def _storage_root(spec: SweepSpec) -> str:
     return spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())
 
 
+def _read_state(sweep_dir: Path) -> dict[str, Any]:
+    return json.loads((sweep_dir / STATE_FILE).read_text())
+
+
 def _sweep_dirs(spec: SweepSpec) -> list[Path]:
     root = Path(_storage_root(spec))
     if "://" in str(spec.storage_path) or not root.exists():
         return []
     found = [d for d in root.iterdir() if d.is_dir() and (d / STATE_FILE).exists()
-             and json.loads((d / STATE_FILE).read_text()).get("name") == spec.name]
+             and _read_state(d).get("name") == spec.name]
     return sorted(found, key=lambda d: d.name)
 
 
@@ -65,11 +69,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False)
     started = time.time()
     trainable = tune.with_resources(run_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     if resume:
-        candidates = [d for d in _sweep_dirs(spec) if not json.loads((d / STATE_FILE).read_text()).get("finished")]
+        candidates = [d for d in _sweep_dirs(spec) if not _read_state(d).get("finished")]
         if not candidates:
             raise SpecError(f"--resume: no unfinished sweep named {spec.name!r} under {storage}")
         sweep_dir = candidates[-1]
-        state = json.loads((sweep_dir / STATE_FILE).read_text())
+        state = _read_state(sweep_dir)
         init_ray(address)
         if not tune.Tuner.can_restore(str(sweep_dir)):
             raise SpecError(f"--resume: {sweep_dir} holds no restorable Tune experiment")

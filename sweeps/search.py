@@ -34,6 +34,10 @@ from .spec import SpecError, SweepSpec, fit_chunk_size
 class Rejected(Exception):
     """The drawn architecture lies outside the compression range."""
 
+    def __init__(self, message: str, ratio: float | None = None) -> None:
+        super().__init__(message)
+        self.ratio = ratio  # None: no chunk size could fit the range
+
 
 def _sizes_label(sizes: Any) -> str:
     return ",".join(map(str, sizes)) if isinstance(sizes, (list, tuple)) else str(sizes)
@@ -84,7 +88,7 @@ def to_train_config(spec: SweepSpec, params: dict[str, Any], seed: int = 0) -> T
         raise SpecError(f"sampled configuration is invalid: {exc}") from None
     ratio = count_weights(cfg).compression_ratio
     if not spec.compression_min <= ratio <= spec.compression_max:
-        raise Rejected(f"compression ratio {ratio:.3f} outside [{spec.compression_min}, {spec.compression_max}]")
+        raise Rejected(f"compression ratio {ratio:.3f} outside [{spec.compression_min}, {spec.compression_max}]", ratio)
     return cfg
 
 
