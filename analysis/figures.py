@@ -56,3 +56,30 @@ def fig_a7(frame: pd.DataFrame, out_dir: str | Path, experiment: str = "") -> di
     plt.close(fig)
     pd.concat(tables).to_csv(paths["csv"], index=False)
     return paths
+
+
+def accuracy_heatmap(matrix: list[list[float]], path: str | Path, title: str = "") -> Path:
+    """One trial's accuracy matrix as a heat map: row i = after training task i, column j = test task j."""
+    import numpy as np
+
+    num_tasks = len(matrix)
+    grid = np.full((num_tasks, max(len(row) for row in matrix)), np.nan)
+    for i, row in enumerate(matrix):
+        grid[i, :len(row)] = row
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * grid.shape[1], 0.8 + 0.7 * num_tasks))
+    image = ax.imshow(grid, cmap="viridis", vmin=min(50.0, np.nanmin(grid)), vmax=100.0)
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if value < 80 else "black")
+    ax.set_xticks(range(grid.shape[1]), [str(j) for j in range(grid.shape[1])])
+    ax.set_yticks(range(num_tasks), [str(i) for i in range(num_tasks)])
+    ax.set_xlabel("test accuracy on task j")
+    ax.set_ylabel("after training task i")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path

@@ -10,8 +10,8 @@ import pandas as pd
 
 from hnet.config import UserError
 
-from .figures import PAPER_ACCURACY, fig_a7
-from .runs import aggregate_seeds, load_trials, pareto_front
+from .figures import PAPER_ACCURACY, accuracy_heatmap, fig_a7
+from .runs import accuracy_matrix, aggregate_seeds, load_trials, pareto_front
 
 RATIO_BINS = [0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, float("inf")]
 
@@ -26,13 +26,34 @@ def _table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to_mlflow: bool = True) -> Path:
-    """Write report.md and the figure files to ``out_dir``; attach them to the sweep's parent run."""
+def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to_mlflow: bool = True,
+                 trials: list[str] | None = None) -> Path:
+    """Write report.md and the figure files to ``out_dir``; attach them to the sweep's parent run.
+
+    ``trials`` (trial ids) get a per-run view, their accuracy matrix as a heat map; default: the best trial.
+    """
+    from mlflow.tracking import MlflowClient
+
     frame = load_trials(experiment, tracking_uri)
     if frame.empty:
         raise ValueError(f"experiment {experiment!r} at {tracking_uri} holds no trial runs")
+    unknown = sorted(set(trials or []) - set(frame["trial_id"]))
+    if unknown:
+        raise ValueError(f"no trial {', '.join(unknown)} in experiment {experiment!r}")
+    completed = frame[frame["status"] == "completed"]
+    if not trials and not completed.empty:
+        trials = [completed.loc[completed["acc_after_mean"].idxmax(), "trial_id"]]
     out_dir = Path(out_dir)
     figure = fig_a7(frame, out_dir, experiment=experiment)
+    client = MlflowClient(tracking_uri)
+    heatmaps = {}
+    for trial_id in trials or []:
+        row = frame[frame["trial_id"] == trial_id].iloc[0]
+        title = (f"{trial_id} ({row['status']}): compression {row['compression_ratio']:.3f}, "
+                 f"acc_after_mean {row.get('acc_after_mean', float('nan')):.2f}")
+        matrix = accuracy_matrix(client, row["run_id"])
+        if matrix:
+            heatmaps[trial_id] = accuracy_heatmap(matrix, out_dir / f"acc_matrix_{trial_id}.png", title)
     configs = aggregate_seeds(frame)
     searched = [c for c in configs.columns if configs[c].nunique() > 1 and not c.startswith(("acc_", "forgetting"))]
     top = configs.sort_values("acc_after_mean_mean", ascending=False).head(10)
@@ -51,7 +72,10 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
              f"(benchmarks: {', '.join(sorted(frame['benchmark'].unique()))})", "",
              "![Fig. A7](fig_a7.png)", "", "## Top configurations", "", _table(top[shown]),
              "## Pareto set (accuracy vs compression ratio)", "", _table(pareto[shown]),
-             "## Accuracy by compression-ratio bin", "", _table(by_bin), "## Comparison with the paper", ""]
+             "## Accuracy by compression-ratio bin", "", _table(by_bin)]
+    for trial_id, path in heatmaps.items():
+        lines += [f"## Accuracy matrix of {trial_id}", "", f"![accuracy matrix of {trial_id}]({path.name})", ""]
+    lines += ["## Comparison with the paper", ""]
     for benchmark in sorted(frame["benchmark"].unique()):
         best = frame[(frame["benchmark"] == benchmark) & (frame["status"] == "completed")]["acc_after_mean"].max()
         paper = PAPER_ACCURACY.get(benchmark)
@@ -61,12 +85,9 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     report.write_text("\n".join(lines) + "\n")
 
     if log_to_mlflow:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
         experiment_id = client.get_experiment_by_name(experiment).experiment_id
         for parent in client.search_runs([experiment_id], filter_string="tags.role = 'sweep'"):
-            for path in (report, *figure.values()):
+            for path in (report, *figure.values(), *heatmaps.values()):
                 client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
     return report
 
@@ -74,7 +95,7 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
 def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out or f"reports/{args.experiment}")
     try:
-        report = write_report(args.experiment, args.tracking_uri, out)
+        report = write_report(args.experiment, args.tracking_uri, out, trials=args.trial)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(f"report: {report}  (figure: {out / 'fig_a7.png'}; also logged to the sweep's parent run)", file=sys.stderr)
@@ -86,4 +107,6 @@ def add_report_parser(sub, parser_class) -> None:
     p.add_argument("experiment", help="MLflow experiment name (the sweep spec's mlflow.experiment)")
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
     p.add_argument("--out", metavar="DIR", help="output folder (default reports/EXPERIMENT)")
+    p.add_argument("--trial", action="append", metavar="TRIAL_ID",
+                   help="per-run view: this trial's accuracy matrix as a heat map (repeatable; default the best trial)")
     p.set_defaults(func=cmd_report)

@@ -1,7 +1,13 @@
 """Sweep analysis on a real MLflow store written by a real (tiny) sweep."""
+import contextlib
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pandas as pd
 import pytest
@@ -69,11 +75,30 @@ def test_report_is_written_and_logged_to_the_parent_run(store, tmp_path):
     text = (out / "report.md").read_text()
     assert "8 (4 completed, 4 failed" in text.replace("trials: ", "") and "![Fig. A7](fig_a7.png)" in text
     assert "Pareto set" in text and "split_digits: best acc_after_mean" in text
+    frame = load_trials("a", uri).query("status == 'completed'").set_index("trial_id")
+    best = re.search(r"!\[accuracy matrix of (\w+)\]\(acc_matrix_\1\.png\)", text).group(1)
+    assert frame.loc[best, "acc_after_mean"] == frame["acc_after_mean"].max()  # the default per-run view
+    assert (out / f"acc_matrix_{best}.png").read_bytes()[:4] == b"\x89PNG"
     import mlflow
     client = mlflow.tracking.MlflowClient(uri)
     parent = client.search_runs([client.get_experiment_by_name("a").experiment_id], "tags.role = 'sweep'")[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/report.md", "report/fig_a7.png", "report/fig_a7.pdf", "report/fig_a7.csv"} <= logged
+    assert {"report/report.md", "report/fig_a7.png", "report/fig_a7.pdf", "report/fig_a7.csv",
+            f"report/acc_matrix_{best}.png"} <= logged
+
+
+def test_report_heat_map_of_a_chosen_failed_trial(store, tmp_path):
+    """--trial picks the per-run view; a trial that diverged at task 1 shows only the rows it finished."""
+    from analysis.report import write_report
+
+    uri, _ = store
+    frame = load_trials("a", uri)
+    failed = frame.loc[frame["status"] == "failed", "trial_id"].iloc[0]
+    report = write_report("a", uri, tmp_path, log_to_mlflow=False, trials=[failed])
+    assert f"## Accuracy matrix of {failed}" in report.read_text()
+    assert (tmp_path / f"acc_matrix_{failed}.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="no trial nope"):
+        write_report("a", uri, tmp_path / "x", log_to_mlflow=False, trials=["nope"])
 
 
 def test_report_of_unknown_experiment_is_one_line_error(store, tmp_path):
@@ -85,23 +110,14 @@ def test_report_of_unknown_experiment_is_one_line_error(store, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_ui_server_answers_queries_and_serves_the_figure(store, tmp_path):
-    """`hnet ui` on loopback: runs queried through it with a filter string, figure fetched over HTTP."""
-    import socket
-    import time
-    import urllib.request
-
-    import mlflow
-
-    from analysis.report import write_report
-
-    uri, workdir = store
-    write_report("a", uri, tmp_path / "report")
+@contextlib.contextmanager
+def mlflow_ui(uri: str, cwd):
+    """`hnet ui` on a free loopback port, ready to answer; yields its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "hnet.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
-                              cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -111,6 +127,21 @@ def test_ui_server_answers_queries_and_serves_the_figure(store, tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_ui_server_answers_queries_and_serves_the_figure(store, tmp_path):
+    """`hnet ui` on loopback: runs queried through it with a filter string, figure fetched over HTTP."""
+    import mlflow
+
+    from analysis.report import write_report
+
+    uri, workdir = store
+    write_report("a", uri, tmp_path / "report")
+    with mlflow_ui(uri, workdir) as base:
         client = mlflow.tracking.MlflowClient(base)
         experiment_id = client.get_experiment_by_name("a").experiment_id
         good = client.search_runs([experiment_id], "tags.role = 'trial' and params.nan_at_task = '-1'",
@@ -120,6 +151,40 @@ def test_ui_server_answers_queries_and_serves_the_figure(store, tmp_path):
         with urllib.request.urlopen(f"{base}/get-artifact?path=report/fig_a7.png&run_uuid={parent.info.run_id}",
                                     timeout=30) as response:
             assert response.read(8) == b"\x89PNG\r\n\x1a\n"
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+
+
+def test_browser_lists_the_experiments_runs(store, tmp_path):
+    """Headless Chromium renders the MLflow UI (a JavaScript app): the runs page lists the sweep,
+    whose trials are nested under it, and the compare page shows every trial with its accuracy."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("HNET_REQUIRE_BROWSER"):  # set by .ci/run, which installs Debian's chromium
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); .ci/run installs it")
+    import json
+    import urllib.parse
+
+    import mlflow
+
+    uri, workdir = store
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("a").experiment_id
+    sweep = client.search_runs([experiment_id], "tags.role = 'sweep'")[0]
+    trials = client.search_runs([experiment_id], "tags.role = 'trial'")
+    assert len(trials) == 8
+
+    def render(url: str) -> str:  # the DOM after the app has fetched and drawn its data
+        # A fresh profile and no background traffic: the browser talks to loopback only.
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-extensions", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--dump-dom"]
+        return subprocess.run([browser, *flags, url], capture_output=True, text=True, timeout=180).stdout
+
+    with mlflow_ui(uri, workdir) as base:
+        runs_page = render(f"{base}/#/experiments/{experiment_id}/runs")
+        run_ids = urllib.parse.quote(json.dumps([r.info.run_id for r in trials]))
+        compare_page = render(f"{base}/#/compare-runs?runs={run_ids}&experiments=%5B%22{experiment_id}%22%5D")
+    assert "Runs - Experiment" in runs_page and sweep.info.run_name in runs_page, runs_page[:2000]
+    assert "Compare Runs" in compare_page and "acc_after_mean" in compare_page
+    missing = {r.info.run_name for r in trials if r.info.run_name not in compare_page}
+    assert not missing, f"trials not shown in the UI: {missing}"
