@@ -6,7 +6,9 @@ No DataLoader: batches are index lookups.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -69,17 +71,43 @@ def _torchvision_dataset(name: str, root: str) -> dict[str, tuple[torch.Tensor, 
     folder = Path(root) / cls.__name__ / "raw"
     missing = [p for p in (folder, *folder.parents) if not p.exists()]  # what a download would create
     out = {}
-    for part, train in (("train", True), ("test", False)):
-        try:
-            ds = cls(root, train=train, download=True)
-        except Exception as exc:  # no network, corrupt files, ...
-            if missing:  # leave nothing behind that the failed download created
-                shutil.rmtree(missing[-1], ignore_errors=True)
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DataError(f"{cls.__name__} not found in {folder} (expected {', '.join(MNIST_FILES)}) "
-                            f"and download failed: {first_line}") from None
-        out[part] = (ds.data.reshape(len(ds.data), -1), ds.targets.long())
+    with _dataset_lock(Path(root), cls.__name__):  # one download per machine, however many trials start at once
+        for part, train in (("train", True), ("test", False)):
+            try:
+                ds = cls(root, train=train, download=True)
+            except Exception as exc:  # no network, corrupt files, ...
+                if missing:  # leave nothing behind that the failed download created
+                    shutil.rmtree(missing[-1], ignore_errors=True)
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise DataError(f"{cls.__name__} not found in {folder} (expected {', '.join(MNIST_FILES)}) "
+                                f"and download failed: {first_line}") from None
+            out[part] = (ds.data.reshape(len(ds.data), -1), ds.targets.long())
     return out
+
+
+@contextlib.contextmanager
+def _dataset_lock(root: Path, name: str) -> Iterator[None]:
+    """An exclusive file lock ``<root>/.<name>.lock`` while a dataset is checked, downloaded and read.
+
+    Concurrent trials on one node (or nodes sharing an NFS root) otherwise race to download and
+    extract the same files. A read-only root (prepared shared storage) needs no lock.
+    """
+    import filelock
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(root / f".{name}.lock")
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(f"hnet: waiting for {lock.lock_file} (another process is preparing {name})", file=sys.stderr, flush=True)
+        lock.acquire()
+    except OSError:  # read-only data root
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _digits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

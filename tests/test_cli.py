@@ -69,3 +69,49 @@ def test_train_writes_results_and_resumes(tmp_path):
                 "--out", str(out), "--resume")
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "results.json").read_text())["acc_matrix"] == result["acc_matrix"]
+
+
+def write_idx_mnist(root, n_train=600, n_test=200):
+    """Tiny MNIST in the real IDX file format under <root>/MNIST/raw (class-dependent blobs)."""
+    import numpy as np
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+        for i, label in enumerate(labels):  # a bright 6x6 patch whose position codes the digit
+            images[i, 2 * label:2 * label + 6, 3:9] = 255
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([n, 28, 28], ">i4").tobytes() + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([n], ">i4").tobytes() + labels.tobytes())
+
+
+def test_dataset_is_prepared_under_a_file_lock(tmp_path):
+    """A second process waits for the dataset lock held by another (one download per node), then trains."""
+    import queue
+    import threading
+
+    import filelock
+
+    write_idx_mnist(tmp_path / "data")
+    lock = filelock.FileLock(tmp_path / "data" / ".MNIST.lock")
+    lock.acquire()
+    proc = subprocess.Popen([*HNET, "train", "--preset", "split_mnist", "--num-tasks", "2", "--iters", "20",
+                             "--threads", "1", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        seen = ""
+        while "waiting for" not in seen:
+            seen += lines.get(timeout=120)
+        assert ".MNIST.lock" in seen and proc.poll() is None and not (tmp_path / "run").exists()
+    finally:
+        lock.release()
+    assert proc.wait(timeout=300) == 0, "".join(list(lines.queue))[-2000:]
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["acc_after_mean"] > 60  # the real IDX loader read the patches
