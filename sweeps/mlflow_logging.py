@@ -22,6 +22,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from hnet.trainer import summarize
+
 from .spec import SweepSpec
 
 SUMMARY_KEYS = ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio", "hnet_weights",
@@ -124,13 +126,24 @@ class MLflowTrialLogger(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.run_id(trial)
         step = int(result["tasks_done"]) - 1
-        if step <= self._last_step.get(trial.trial_id, -1):
+        first = self._last_step.get(trial.trial_id, -1) + 1
+        if step < first:
             return  # already logged before a restart
         now = int(time.time() * 1000)
-        row = result["acc_matrix"][-1]
-        metrics = [Metric(f"acc_task_{j}", float(a), now, step) for j, a in enumerate(row)]
-        metrics += [Metric(k, float(result[k]), now, step) for k in SUMMARY_KEYS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
+        matrix = result["acc_matrix"]
+        metrics = [Metric(k, float(result[k]), now, step) for k in SUMMARY_KEYS if k in result]
+        # Tasks a killed driver never saw reported (the trial resumed after them): their accuracy
+        # rows are in the matrix, so every step is logged exactly once.
+        for s in range(first, step + 1):
+            metrics += [Metric(f"acc_task_{j}", float(a), now, s) for j, a in enumerate(matrix[s])]
+            if s < step:
+                summary = summarize(matrix[:s + 1])
+                metrics += [Metric(k, float(summary[k]), now, s) for k in ("acc_after_mean", "acc_during_mean",
+                                                                           "forgetting")]
+        # where the trial ran (its latest node, after a retry elsewhere)
+        tags = [RunTag(k, str(result[key])) for k, key in (("ray_node_id", "node_id"), ("hostname", "hostname"))
+                if key in result]
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self._last_step[trial.trial_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

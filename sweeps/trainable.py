@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -34,7 +35,38 @@ class TuneReporter(Callback):
     def on_task_end(self, task: int, summary: dict[str, Any], checkpoint: Path | None) -> None:
         with tempfile.TemporaryDirectory(prefix="hnet-ckpt-") as folder:
             shutil.copy(checkpoint, Path(folder) / "checkpoint.pt")
-            tune.report(trial_metrics(summary), checkpoint=tune.Checkpoint.from_directory(folder))
+            metrics = trial_metrics(summary) | {"node_id": ray.get_runtime_context().get_node_id()}
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _stored_checkpoints() -> list[tune.Checkpoint]:
+    """Every checkpoint folder in this trial's storage folder (shared file system or object store)."""
+    import pyarrow.fs
+
+    storage = tune.get_context().get_storage()
+    found = storage.storage_filesystem.get_file_info(pyarrow.fs.FileSelector(storage.trial_fs_path, allow_not_found=True))
+    return [tune.Checkpoint(path=info.path, filesystem=storage.storage_filesystem) for info in found
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")]
+
+
+def restore_latest(local_checkpoint: Path) -> int | None:
+    """Copy the checkpoint with the most finished tasks to ``local_checkpoint``; its next task, or None.
+
+    Tune hands back the checkpoint its experiment state recorded. A driver killed between two
+    saves of that state recorded an older one than the trial folder holds, so look there too.
+    """
+    candidates = [tune.get_checkpoint()] + _stored_checkpoints()
+    best = None
+    for checkpoint in filter(None, candidates):
+        try:
+            with checkpoint.as_directory() as folder:
+                next_task = torch.load(Path(folder) / "checkpoint.pt", weights_only=True)["next_task"]
+                if best is None or next_task > best:
+                    best = next_task
+                    shutil.copy(Path(folder) / "checkpoint.pt", local_checkpoint)
+        except (OSError, RuntimeError, KeyError):  # a checkpoint cut off mid-upload
+            continue
+    return best
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -43,11 +75,8 @@ def run_trial(config: dict[str, Any]) -> None:
     work = Path(tempfile.mkdtemp(prefix="hnet-trial-"))
     try:
         local_checkpoint = work / "checkpoint.pt"
-        restored = tune.get_checkpoint()
-        if restored:  # retry or restore: continue after the last finished task
-            with restored.as_directory() as folder:
-                shutil.copy(Path(folder) / "checkpoint.pt", local_checkpoint)
-            resumed_at = torch.load(local_checkpoint, weights_only=True)["next_task"]
+        resumed_at = restore_latest(local_checkpoint)  # retry or restore: continue after the last finished task
+        if resumed_at is not None:
             print(f"hnet trial: resuming at task {resumed_at} of {cfg.num_tasks} (0-based)", flush=True)
         bench = load_benchmark(cfg, resolve_device(cfg.device))  # raw data cached per worker process
         train(cfg, bench, callbacks=[TuneReporter()], checkpoint=local_checkpoint, resume=True)

@@ -1,0 +1,141 @@
+"""Sweeps on a real multi-node Ray cluster (cluster/local_cluster.sh: a head and two worker nodes,
+separate `ray start` processes on loopback) surviving a killed driver and a killed worker node.
+
+The tests share one cluster and run in file order: the driver test needs both workers, the
+worker-kill test leaves one.
+"""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "cluster" / "local_cluster.sh"
+NUM_TASKS = 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("cluster")
+    env = {**os.environ, "HNET_CLUSTER_DIR": str(state), "HNET_RAY_PORT": str(free_port()),
+           "HNET_DASHBOARD_PORT": str(free_port()), "RAY": str(Path(sys.executable).parent / "ray")}
+    start = subprocess.run(["bash", str(SCRIPT), "start", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert start.returncode == 0, start.stdout + start.stderr
+    for line in (state / "env").read_text().split()[1:]:  # `export K=V ...`: what a driver needs
+        key, value = line.split("=", 1)
+        env[key] = value
+    env["RAY_DEDUP_LOGS"] = "0"  # keep every trial's "resuming at task" line
+    yield env, state
+    stop = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=300)
+    assert stop.returncode == 0, stop.stderr
+    status = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert "running" not in status.stdout
+
+
+def write_spec(folder: Path, name: str) -> Path:
+    spec = {"name": name, "base": {"preset": "split_digits", "num_tasks": NUM_TASKS, "iters": 400, "batch_size": 32},
+            "space": {"beta": [0.01, 0.05]}, "search": {"algorithm": "grid", "max_concurrent": 2},
+            "num_samples": 2, "max_failures": 3,
+            "mlflow": {"experiment": name, "tracking_uri": f"sqlite:///{folder}/mlflow.db"},
+            "storage_path": str(folder / "ray_results")}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def start_sweep(spec: Path, env: dict, log: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hnet.cli", "sweep", "run", str(spec), "--address",
+                             env["RAY_ADDRESS"], *extra], cwd=spec.parent, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until_mid_trial(folder: Path, proc: subprocess.Popen) -> None:
+    """Until both running trials have finished at least one task and neither has finished all."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        done = [len(list(trial.glob("checkpoint_*"))) for trial in folder.glob("ray_results/*/trial_*")]
+        if len(done) == 2 and all(1 <= d < NUM_TASKS - 1 for d in done):
+            return
+        if any(d >= NUM_TASKS - 1 for d in done):
+            pytest.fail(f"trials ran too fast to interrupt mid-way: {done}")
+        time.sleep(0.2)
+    pytest.fail("no trial reached task 1")
+
+
+def check_mlflow(folder: Path, name: str, env: dict) -> list:
+    """Exactly one run per trial, each with one metric step per task."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], "tags.role = 'trial'")
+    assert len(runs) == 2 and len({r.data.tags["trial_id"] for r in runs}) == 2
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "acc_after_mean")]
+        assert sorted(steps) == list(range(NUM_TASKS)), steps
+        assert run.data.tags["trial_status"] == "completed" and run.info.status == "FINISHED"
+        assert run.data.metrics["acc_after_mean"] > 80
+    return runs
+
+
+def resumed_tasks(log: str) -> list[int]:
+    """The task each restored trial continued at (one line per trial process)."""
+    found = dict(re.findall(r"pid=(\d+)\)\S* hnet trial: resuming at task (\d+)", log))
+    return [int(k) for k in found.values()]
+
+
+def test_killed_driver_resumes_the_sweep_from_the_last_finished_tasks(cluster, tmp_path):
+    env, _ = cluster
+    spec = write_spec(tmp_path, "driver_kill")
+    first = start_sweep(spec, env, tmp_path / "first.log")
+    wait_until_mid_trial(tmp_path, first)
+    os.killpg(first.pid, 9)  # the driver dies; Ray ends its trials on the workers
+    first.wait()
+    killed_at = time.time()
+    second = start_sweep(spec, env, tmp_path / "second.log", "--resume")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    log = (tmp_path / "second.log").read_text()
+    print(f"driver killed; resumed sweep finished {time.time() - killed_at:.0f}s later; "
+          + "; ".join(line for line in log.splitlines() if "resuming at task" in line))
+    assert len(resumed_tasks(log)) == 2 and min(resumed_tasks(log)) >= 1, log[-3000:]
+    check_mlflow(tmp_path, "driver_kill", env)
+
+
+def test_killed_worker_node_costs_only_the_unfinished_task(cluster, tmp_path):
+    env, state = cluster
+    spec = write_spec(tmp_path, "worker_kill")
+    proc = start_sweep(spec, env, tmp_path / "sweep.log")
+    wait_until_mid_trial(tmp_path, proc)
+    kill = subprocess.run(["bash", str(SCRIPT), "kill-worker", "1"], env=env, capture_output=True, text=True)
+    assert kill.returncode == 0, kill.stderr
+    killed_at = time.time()
+    assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    log = (tmp_path / "sweep.log").read_text()
+    print(f"worker node 1 killed; sweep finished {time.time() - killed_at:.0f}s later; "
+          + "; ".join(line for line in log.splitlines() if "resuming at task" in line))
+    assert len(resumed_tasks(log)) == 1 and resumed_tasks(log)[0] >= 1, log[-3000:]
+    runs = check_mlflow(tmp_path, "worker_kill", env)
+
+    query = ("import json, ray; ray.init(logging_level='ERROR', log_to_driver=False); "
+             "print(json.dumps([[n['NodeID'], n['Alive'], sorted(n['Resources'] or {})] for n in ray.nodes()]))")
+    nodes = json.loads(subprocess.run([sys.executable, "-c", query], env=env, capture_output=True, text=True,
+                                      timeout=120).stdout.splitlines()[-1])
+    alive_workers = {node_id for node_id, alive, resources in nodes
+                     if alive and any(r.startswith("local_worker_") for r in resources)}
+    # trials ran on worker nodes only (the head has no CPUs); with worker 1 gone, both ended on worker 2
+    assert len(alive_workers) == 1 and {r.data.tags["ray_node_id"] for r in runs} == alive_workers, nodes
+    status = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True)
+    assert "worker_1: dead" in status.stdout and "worker_2: running" in status.stdout
