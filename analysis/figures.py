@@ -47,7 +47,9 @@ def fig_a7(frame: pd.DataFrame, out_dir: str | Path, experiment: str = "") -> di
         ax.set_title(TITLES.get(benchmark, benchmark))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"Fig. A7 reproduction{': ' + experiment if experiment else ''} — {len(done)} trials, "
+    iters = done["iters"].unique() if "iters" in done else []
+    budget = f", {iters[0]} it/task" if len(iters) == 1 else ""
+    fig.suptitle(f"Fig. A7 reproduction{': ' + experiment if experiment else ''} — {len(done)} trials{budget}, "
                  f"{time.strftime('%Y-%m-%d')}")
     fig.tight_layout()
     paths = {"png": out_dir / "fig_a7.png", "pdf": out_dir / "fig_a7.pdf", "csv": out_dir / "fig_a7.csv"}

@@ -55,7 +55,8 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
         if matrix:
             heatmaps[trial_id] = accuracy_heatmap(matrix, out_dir / f"acc_matrix_{trial_id}.png", title)
     configs = aggregate_seeds(frame)
-    searched = [c for c in configs.columns if configs[c].nunique() > 1 and not c.startswith(("acc_", "forgetting"))]
+    searched = [c for c in configs.columns if configs[c].nunique() > 1
+                and not c.startswith(("acc_", "forgetting", "compression_ratio"))]
     top = configs.sort_values("acc_after_mean_mean", ascending=False).head(10)
     pareto = configs[pareto_front(configs, "acc_after_mean_mean")].sort_values("compression_ratio")
     binned = configs.assign(ratio_bin=pd.cut(configs["compression_ratio"], RATIO_BINS).astype(str))
