@@ -67,8 +67,10 @@ start() {
             --resources "{\"local_worker_$i\": 1}" --include-log-monitor false \
             > "$STATE/worker_$i.log" 2>&1 < /dev/null &
         echo $! > "$STATE/worker_$i.pid"
+        # One at a time: a node must register within Ray's fixed 30 s, which a cold start of several
+        # nodes at once on a small machine can miss.
+        wait_for_nodes $((i + 1))
     done  # (no log monitors on workers: all nodes share the head's log folder, whose monitor forwards it)
-    wait_for_nodes $((workers + 1))
     printf 'export RAY_ADDRESS=%s RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=%s RAY_USAGE_STATS_ENABLED=0\n' \
         "$ADDRESS" "$STATE/auth_token" > "$STATE/env"
     echo "local_cluster: up. For drivers: source $STATE/env && hnet sweep run smoke --address \$RAY_ADDRESS"

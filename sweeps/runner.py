@@ -64,6 +64,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False)
     from .mlflow_logging import MLflowTrialLogger, finish_parent_run, start_parent_run
     from .search import SweepSearcher
     from .trainable import run_trial
+    from .tune_state import STATE_BACKUP, ExperimentStateBackup, repair_tune_state
 
     storage = _storage_root(spec)
     started = time.time()
@@ -75,6 +76,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False)
         sweep_dir = candidates[-1]
         state = _read_state(sweep_dir)
         init_ray(address)
+        if repair_tune_state(sweep_dir):
+            print(f"hnet sweep: Tune's experiment state was cut off when the driver died; "
+                  f"restored its last complete copy from {sweep_dir / STATE_BACKUP}", flush=True)
         if not tune.Tuner.can_restore(str(sweep_dir)):
             raise SpecError(f"--resume: {sweep_dir} holds no restorable Tune experiment")
         print(f"hnet sweep: resuming {sweep_dir}", flush=True)
@@ -104,7 +108,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False)
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=sweep_id, storage_path=storage, progress_reporter=reporter, verbose=1,
-                callbacks=[MLflowTrialLogger(spec, parent_run_id, sweep_id)],
+                callbacks=[MLflowTrialLogger(spec, parent_run_id, sweep_id), ExperimentStateBackup()],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=2))

@@ -143,9 +143,15 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
     assert len(trials) < 4 or (trials.status == "RUNNING").any(), out[-3000:]
 
     assert "sweep not finished" in out, out[-3000:]
+    # A driver killed while Tune uploads its state leaves the file empty (Tune truncates, then
+    # writes); without the backup Tune would restart all four trials from task 0.
+    (state_file,) = tmp_path.glob("ray_results/*/experiment_state-*.json")
+    state_file.write_text("")
     resumed = hnet("sweep", "run", str(path), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "restored its last complete copy" in resumed.stdout and "Restarting experiment" not in resumed.stdout
     assert "hnet sweep: resuming" in resumed.stdout
+    assert "hnet trial: resuming at task" in resumed.stdout
     assert "4 trials, 4 completed" in resumed.stdout
     parents, trials = runs(tmp_path)
     assert len(parents) == 1 and parents.status.iloc[0] == "FINISHED"
@@ -155,6 +161,16 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
     for run_id in trials.run_id:
         steps = [m.step for m in client.get_metric_history(run_id, "acc_after_mean")]
         assert steps == [0, 1, 2, 3]  # every task once: no gap, no duplicate
+
+
+def test_resume_refuses_a_cut_off_state_without_a_backup(tmp_path):
+    from sweeps.tune_state import repair_tune_state
+
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [')
+    with pytest.raises(SpecError, match="cut off .* no backup"):
+        repair_tune_state(tmp_path)
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    assert repair_tune_state(tmp_path) is False  # whole: left alone
 
 
 def test_asha_stops_poor_configurations_after_the_first_tasks(tmp_path):

@@ -1,0 +1,86 @@
+"""Tune's experiment state (trial list, searcher) made to survive a driver killed mid-save.
+
+Tune uploads that state by truncating and rewriting the files in the sweep folder, so a
+driver killed during an upload leaves them cut off, and ``Tuner.restore`` then silently
+restarts the sweep from scratch. ``ExperimentStateBackup`` keeps a complete copy beside them;
+``repair_tune_state`` puts it back before a resume.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+from ray import tune
+
+from .spec import SpecError
+
+TUNE_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
+STATE_BACKUP = "hnet_state_backup"
+
+
+class ExperimentStateBackup(tune.Callback):
+    """Copies Tune's last saved state into ``STATE_BACKUP/<mtime>/`` (COMPLETE marks a whole copy).
+
+    Tune's staging copy on the driver is written synchronously, so between two loop steps it
+    is whole; copy it whenever it changed, then drop older copies.
+    """
+
+    def __init__(self) -> None:
+        self._copied: int | None = None
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not trials:
+            return
+        storage = trials[0].storage
+        staging = Path(storage.experiment_driver_staging_path)
+        states = sorted(staging.glob(TUNE_STATE_FILES[0]))
+        if not states or states[-1].stat().st_mtime_ns == self._copied:
+            return
+        self._copied = states[-1].stat().st_mtime_ns
+        fs, root = storage.storage_filesystem, f"{storage.experiment_fs_path}/{STATE_BACKUP}"
+        folder = f"{root}/{self._copied}"
+        fs.create_dir(folder)
+        for pattern in TUNE_STATE_FILES:
+            for file in staging.glob(pattern):
+                pyarrow.fs.copy_files(str(file), f"{folder}/{file.name}", destination_filesystem=fs)
+        with fs.open_output_stream(f"{folder}/COMPLETE"):
+            pass
+        for old in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+            if old.base_name != str(self._copied):
+                fs.delete_dir(old.path)
+
+
+def _state_is_whole(sweep_dir: Path) -> bool:
+    """Tune's newest experiment state and searcher files in ``sweep_dir`` all load."""
+    try:
+        for pattern in TUNE_STATE_FILES:
+            for newest in sorted(sweep_dir.glob(pattern))[-1:]:
+                data = newest.read_bytes()
+                pickle.loads(data) if newest.suffix == ".pkl" else json.loads(data)
+    except Exception:  # cut off: empty or partial
+        return False
+    return True
+
+
+def repair_tune_state(sweep_dir: Path) -> bool:
+    """Before a resume: if Tune's state was cut off, put back the last complete backup.
+
+    Returns whether it did. Raises SpecError when the state is cut off and no backup exists.
+    """
+    if not any(sweep_dir.glob(TUNE_STATE_FILES[0])) or _state_is_whole(sweep_dir):
+        return False
+    backups = sorted((sweep_dir / STATE_BACKUP).glob("*/COMPLETE"), key=lambda f: int(f.parent.name))
+    if not backups:
+        raise SpecError(f"--resume: Tune's experiment state in {sweep_dir} is cut off (the driver died while "
+                        "saving it) and there is no backup to resume from; run the sweep again")
+    for pattern in TUNE_STATE_FILES:
+        for file in sweep_dir.glob(pattern):
+            file.unlink()
+    for file in backups[-1].parent.iterdir():
+        if file.name != "COMPLETE":
+            shutil.copy(file, sweep_dir / file.name)
+    return True
