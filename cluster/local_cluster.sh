@@ -71,8 +71,8 @@ start() {
         # nodes at once on a small machine can miss.
         wait_for_nodes $((i + 1))
     done  # (no log monitors on workers: all nodes share the head's log folder, whose monitor forwards it)
-    printf 'export RAY_ADDRESS=%s RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=%s RAY_USAGE_STATS_ENABLED=0\n' \
-        "$ADDRESS" "$STATE/auth_token" > "$STATE/env"
+    printf 'export RAY_ADDRESS=%s RAY_AUTH_MODE=%s RAY_AUTH_TOKEN_PATH=%s RAY_USAGE_STATS_ENABLED=%s\n' \
+        "$ADDRESS" "$RAY_AUTH_MODE" "$RAY_AUTH_TOKEN_PATH" "$RAY_USAGE_STATS_ENABLED" > "$STATE/env"  # as ray_env
     echo "local_cluster: up. For drivers: source $STATE/env && hnet sweep run smoke --address \$RAY_ADDRESS"
 }
 

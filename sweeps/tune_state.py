@@ -38,9 +38,10 @@ class ExperimentStateBackup(tune.Callback):
         storage = trials[0].storage
         staging = Path(storage.experiment_driver_staging_path)
         states = sorted(staging.glob(TUNE_STATE_FILES[0]))
-        if not states or states[-1].stat().st_mtime_ns == self._copied:
+        saved = states[-1].stat().st_mtime_ns if states else None
+        if saved is None or saved == self._copied:
             return
-        self._copied = states[-1].stat().st_mtime_ns
+        self._copied = saved
         fs, root = storage.storage_filesystem, f"{storage.experiment_fs_path}/{STATE_BACKUP}"
         folder = f"{root}/{self._copied}"
         fs.create_dir(folder)
