@@ -3,15 +3,19 @@
 
 Times the real trainer loop (``hnet.trainer.train``: batch draw, hypernetwork, target,
 regularizer, Adam) on synthetic data of MNIST shape, on the first task (no regularizer)
-and the last (4 resp. 9 earlier tasks in the regularizer), with 1 and 2 CPU threads.
+and the last (4 resp. 9 earlier tasks in the regularizer), with 1 and 2 CPU threads, or on
+a GPU with ``--device cuda`` (each iteration then ends with a device synchronisation, so
+the figure is the step's latency, not the time to queue its kernels).
 Variants: the preset as shipped (factored regularizer + lookahead), the peer's protocol
 (no lookahead) with the factored and with the direct regularizer.
 
 With ``--peer-python`` the reference implementation is timed in the same run through
 ``shared/bench/peer_hypnettorch.py`` (its own virtual environment; see bench/README.md)
-and the ratios are printed side by side.
+and the ratios are printed side by side; on a GPU the peer's same step (its ``build`` and
+batch pool) is timed on the GPU by ``bench/peer_on_device.py``.
 
     python bench/iteration_speed.py [--threads 2 1] [--iters 40] [--peer-python peer-venv/bin/python]
+    python bench/iteration_speed.py --device cuda [--peer-python python3 --peer-script DIR/peer_hypnettorch.py]
 """
 from __future__ import annotations
 
@@ -31,50 +35,90 @@ from hnet.data import Benchmark, Split, Task
 from hnet.trainer import Callback, train
 
 PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "bench" / "peer_hypnettorch.py"
+PEER_ON_DEVICE = Path(__file__).resolve().parent / "peer_on_device.py"
 
 
-def synthetic_benchmark(cfg, n_train: int = 4096, n_test: int = 256) -> Benchmark:
-    """Random uint8 images of the benchmark's shape: no dataset needed, same code path."""
+def synthetic_benchmark(cfg, n_train: int = 4096, n_test: int = 256, device: str = "cpu") -> Benchmark:
+    """Random uint8 images of the benchmark's shape on ``device``: no dataset needed, same code path."""
     g = torch.Generator().manual_seed(0)
     d, k = cfg.spec.input_dim, cfg.spec.classes_per_task
-    images = {"train": torch.randint(0, 256, (n_train, d), dtype=torch.uint8, generator=g),
-              "test": torch.randint(0, 256, (n_test, d), dtype=torch.uint8, generator=g)}
+
+    def rand(high: int, shape: tuple[int, ...], dtype=torch.long) -> torch.Tensor:
+        return torch.randint(0, high, shape, dtype=dtype, generator=g).to(device)
+
+    images = {"train": rand(256, (n_train, d), torch.uint8), "test": rand(256, (n_test, d), torch.uint8)}
+    rows = {n: torch.arange(n, device=device) for n in (n_train, n_test)}
     permuted = cfg.benchmark.startswith("permuted")
-    tasks = [Task(train=Split(torch.arange(n_train), torch.randint(0, k, (n_train,), generator=g)), val=None,
-                  test=Split(torch.arange(n_test), torch.randint(0, k, (n_test,), generator=g)),
-                  permutation=torch.randperm(d, generator=g) if permuted and t else None)
+    tasks = [Task(train=Split(rows[n_train], rand(k, (n_train,))), val=None,
+                  test=Split(rows[n_test], rand(k, (n_test,))),
+                  permutation=torch.randperm(d, generator=g).to(device) if permuted and t else None)
              for t in range(cfg.num_tasks)]
     return Benchmark(cfg.benchmark, images, 1 / 255, tasks)
 
 
 class IterationTimer(Callback):
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         self.times: dict[int, list[float]] = {}
         self.last = None
+        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def on_task_start(self, task, cfg) -> None:
+        self.sync()
         self.last = time.perf_counter()
 
     def on_iteration(self, task, iteration, loss_task, loss_reg) -> None:
+        self.sync()
         now = time.perf_counter()
         self.times.setdefault(task, []).append((now - self.last) * 1e3)
         self.last = now
 
 
-def time_preset(name: str, threads: int, iters: int, warmup: int, **changes) -> dict[str, float]:
-    cfg = preset(name).replace(iters=warmup + iters, threads=threads, device="cpu", **changes)
-    timer = IterationTimer()
-    train(cfg, synthetic_benchmark(cfg), callbacks=[timer])
+class KernelCounter(Callback):
+    """GPU kernels (and memsets/copies) launched per iteration, counted by the profiler over a few iterations."""
+
+    def __init__(self, task: int, start: int, iters: int = 5) -> None:
+        self.task, self.start, self.iters, self.per_iteration = task, start, iters, None
+        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+
+    def on_iteration(self, task, iteration, loss_task, loss_reg) -> None:
+        if task != self.task:
+            return
+        if iteration == self.start:
+            self.profiler.start()
+        elif iteration == self.start + self.iters:
+            torch.cuda.synchronize()
+            self.profiler.stop()
+            gpu = [e for e in self.profiler.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            self.per_iteration = len(gpu) / self.iters
+
+
+def time_preset(name: str, threads: int, iters: int, warmup: int, device: str = "cpu", **changes) -> dict[str, float]:
+    cfg = preset(name).replace(iters=warmup + iters, threads=threads, device=device, **changes)
+    timer = IterationTimer(device)
     last = cfg.num_tasks - 1
-    return {"first": statistics.median(timer.times[0][warmup:]), "last": statistics.median(timer.times[last][warmup:])}
+    callbacks = [timer]
+    if device != "cpu":  # kernels per step of the last task, counted after the timed iterations
+        cfg = cfg.replace(iters=warmup + iters + 6)
+        callbacks.append(KernelCounter(last, warmup + iters))
+    train(cfg, synthetic_benchmark(cfg, device=device), callbacks=callbacks)
+    out = {"first": statistics.median(timer.times[0][warmup:warmup + iters]),
+           "last": statistics.median(timer.times[last][warmup:warmup + iters])}
+    if device != "cpu":
+        out["kernels"] = callbacks[1].per_iteration
+    return out
 
 
-def run_peer(python: str, threads: list[int], iters: int, warmup: int) -> dict:
+def run_peer(python: str, threads: list[int], iters: int, warmup: int, device: str = "cpu",
+             script: Path = PEER_SCRIPT) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "peer.json"
-        cmd = [python, str(PEER_SCRIPT), "--threads", *map(str, threads), "--iters", str(iters),
-               "--warmup", str(warmup), "--rounds", "1", "--no-batched-extra", "--wait-quiet", "0",
-               "--retries", "0", "--out", str(out)]
+        if device == "cpu":
+            cmd = [python, str(script), "--threads", *map(str, threads), "--iters", str(iters),
+                   "--warmup", str(warmup), "--rounds", "1", "--no-batched-extra", "--wait-quiet", "0",
+                   "--retries", "0", "--out", str(out)]
+        else:
+            cmd = [python, str(PEER_ON_DEVICE), "--peer-script", str(script), "--device", device,
+                   "--iters", str(iters), "--warmup", str(warmup), "--out", str(out)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         summary = json.loads(out.read_text())["summary"]
     peer = {}
@@ -94,25 +138,32 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--presets", nargs="+", default=["split_mnist", "permuted_mnist"])
     ap.add_argument("--peer-python", help="python of a venv with hypnettorch (times the reference side by side)")
+    ap.add_argument("--peer-script", type=Path, default=PEER_SCRIPT, help="path of shared/bench/peer_hypnettorch.py")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (on a GPU --threads is ignored)")
     args = ap.parse_args()
+    if args.device != "cpu":
+        args.threads = [0]
 
     variants = {"preset (factored, lookahead)": {"reg_form": "factored"},
                 "no lookahead, factored": {"lookahead": False, "reg_form": "factored"},
                 "no lookahead, direct": {"lookahead": False, "reg_form": "direct"}}
-    peer = run_peer(args.peer_python, args.threads, args.iters, args.warmup) if args.peer_python else {}
-    print(f"ms per training iteration (median of {args.iters}), CPU, torch {torch.__version__}")
+    peer = run_peer(args.peer_python, args.threads, args.iters, args.warmup, args.device,
+                    args.peer_script) if args.peer_python else {}
+    where = torch.cuda.get_device_name(args.device) if args.device != "cpu" else "CPU"
+    print(f"ms per training iteration (median of {args.iters}), {where}, torch {torch.__version__}")
     print(f"{'preset':<16}{'threads':>8}  {'variant':<30}{'first task':>11}{'last task':>11}{'peer last':>11}{'speed-up':>10}")
     for name in args.presets:
         for threads in args.threads:
             ref = peer.get((name, threads))
             if ref:
-                print(f"{name:<16}{threads:>8}  {'hypnettorch (peer, no lookahead)':<30}{ref['first']:>11.1f}{ref['last']:>11.1f}")
+                print(f"{name:<16}{threads:>8}  {'hypnettorch (peer, no lookahead)':<30}{ref['first']:>11.2f}{ref['last']:>11.2f}")
             for label, changes in variants.items():
-                ms = time_preset(name, threads, args.iters, args.warmup, **changes)
+                ms = time_preset(name, threads, args.iters, args.warmup, args.device, **changes)
                 ratio = f"{ref['last'] / ms['last']:.1f}x" if ref and "no lookahead" in label else ""
                 peer_last = f"{ref['last']:.1f}" if ref else ""
-                print(f"{name:<16}{threads:>8}  {label:<30}{ms['first']:>11.1f}{ms['last']:>11.1f}{peer_last:>11}{ratio:>10}",
-                      flush=True)
+                kernels = f"  ({ms['kernels']:.0f} GPU kernels per last-task step)" if "kernels" in ms else ""
+                print(f"{name:<16}{threads:>8}  {label:<30}{ms['first']:>11.2f}{ms['last']:>11.2f}{peer_last:>11}{ratio:>10}"
+                      + kernels, flush=True)
 
 
 if __name__ == "__main__":
