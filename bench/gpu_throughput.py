@@ -48,7 +48,7 @@ class _Deadline(Exception):
     pass
 
 
-def worker(index: int, configs: list[dict], data_root: str, device: str, threads: int,
+def worker(index: int, configs: list[dict], data_root: str, device: str, threads: int, cuda_graph: bool,
            ready: Any, start: Any, deadline_box: Any, results: Any) -> None:
     import torch
 
@@ -65,13 +65,14 @@ def worker(index: int, configs: list[dict], data_root: str, device: str, threads
                 raise _Deadline
 
     # Warm-up outside the window: CUDA context, data on the GPU, cuBLAS handles.
-    first = TrainConfig.from_dict(configs[0]).replace(data_root=data_root, device=device, iters=20, num_tasks=2)
+    runtime = {"data_root": data_root, "device": device, "cuda_graph": cuda_graph}
+    first = TrainConfig.from_dict(configs[0]).replace(**runtime, iters=20, num_tasks=2)
     train(first, load_benchmark(first, device))
     ready.wait()
     start.wait()
     done["iters"] = 0
     for values in configs:
-        cfg = TrainConfig.from_dict(values).replace(data_root=data_root, device=device)
+        cfg = TrainConfig.from_dict(values).replace(**runtime)
         try:
             train(cfg, load_benchmark(cfg, device), callbacks=[Count()])
             done["trials"] += 1
@@ -83,13 +84,13 @@ def worker(index: int, configs: list[dict], data_root: str, device: str, threads
 
 
 def measure(configs: list[TrainConfig], concurrency: int, window: float, data_root: str, device: str,
-            cores: int) -> dict[str, Any]:
+            cores: int, cuda_graph: bool) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready, start = ctx.Barrier(concurrency + 1), ctx.Barrier(concurrency + 1)
     deadline, results = ctx.Value("d", 0.0), ctx.Queue()
     threads = max(1, cores // concurrency)
     procs = [ctx.Process(target=worker, args=(i, [c.to_dict() for c in configs[i::concurrency]], data_root, device,
-                                              threads, ready, start, deadline, results)) for i in range(concurrency)]
+                                              threads, cuda_graph, ready, start, deadline, results)) for i in range(concurrency)]
     for p in procs:
         p.start()
     ready.wait()
@@ -102,7 +103,7 @@ def measure(configs: list[TrainConfig], concurrency: int, window: float, data_ro
         p.join()
     iters_per_trial = configs[0].iters * configs[0].num_tasks
     total_iters = sum(r["iters"] for r in rows)
-    return {"concurrency": concurrency, "window_s": elapsed, "threads_per_trial": threads,
+    return {"concurrency": concurrency, "cuda_graph": cuda_graph, "window_s": elapsed, "threads_per_trial": threads,
             "iterations": total_iters, "trials_finished": sum(r["trials"] for r in rows),
             "iters_per_second": total_iters / elapsed,
             "trials_per_hour": total_iters / elapsed * 3600 / iters_per_trial,
@@ -116,6 +117,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--window", type=float, default=60.0, help="seconds of training per concurrency level")
+    ap.add_argument("--step", nargs="+", choices=["graph", "eager"], default=["graph", "eager"],
+                    help="training step replayed as a CUDA graph, launched kernel by kernel, or both")
     ap.add_argument("--trials", type=int, default=64, help="architectures drawn (the same list for every level)")
     ap.add_argument("--out", help="write the rows as JSON")
     args = ap.parse_args()
@@ -129,11 +132,12 @@ def main() -> None:
     print(f"{spec.name}: {iters_per_trial} iterations per trial on {name}, {cores} CPU cores, "
           f"{args.window:.0f} s per level", flush=True)
     rows = []
-    for n in args.concurrency:
-        row = measure(configs, n, args.window, args.data_root, args.device, cores)
-        rows.append(row)
-        print(f"{n} per GPU: {row['trials_per_hour']:7.0f} trials/h  ({row['iters_per_second']:.0f} it/s, "
-              f"{row['trials_finished']} finished, {row['max_memory_mb_per_trial']:.0f} MB each)", flush=True)
+    for mode in args.step:
+        for n in args.concurrency:
+            row = measure(configs, n, args.window, args.data_root, args.device, cores, mode == "graph")
+            rows.append(row)
+            print(f"{mode:>5}, {n} per GPU: {row['trials_per_hour']:7.0f} trials/h  ({row['iters_per_second']:.0f} it/s, "
+                  f"{row['trials_finished']} finished, {row['max_memory_mb_per_trial']:.0f} MB each)", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": name, "spec": spec.name, "iters_per_trial": iters_per_trial, "cores": cores,

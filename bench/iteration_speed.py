@@ -97,13 +97,13 @@ def time_preset(name: str, threads: int, iters: int, warmup: int, device: str = 
     timer = IterationTimer(device)
     last = cfg.num_tasks - 1
     callbacks = [timer]
-    if device != "cpu":  # kernels per step of the last task, counted after the timed iterations
+    if device != "cpu" and not cfg.cuda_graph:  # kernels per step of the last task, after the timed iterations
         cfg = cfg.replace(iters=warmup + iters + 6)
         callbacks.append(KernelCounter(last, warmup + iters))
     train(cfg, synthetic_benchmark(cfg, device=device), callbacks=callbacks)
     out = {"first": statistics.median(timer.times[0][warmup:warmup + iters]),
            "last": statistics.median(timer.times[last][warmup:warmup + iters])}
-    if device != "cpu":
+    if len(callbacks) > 1:
         out["kernels"] = callbacks[1].per_iteration
     return out
 
@@ -147,22 +147,24 @@ def main() -> None:
     variants = {"preset (factored, lookahead)": {"reg_form": "factored"},
                 "no lookahead, factored": {"lookahead": False, "reg_form": "factored"},
                 "no lookahead, direct": {"lookahead": False, "reg_form": "direct"}}
+    if args.device != "cpu":  # the same three with the step launched kernel by kernel
+        variants |= {f"{label}, eager": {**changes, "cuda_graph": False} for label, changes in variants.items()}
     peer = run_peer(args.peer_python, args.threads, args.iters, args.warmup, args.device,
                     args.peer_script) if args.peer_python else {}
     where = torch.cuda.get_device_name(args.device) if args.device != "cpu" else "CPU"
     print(f"ms per training iteration (median of {args.iters}), {where}, torch {torch.__version__}")
-    print(f"{'preset':<16}{'threads':>8}  {'variant':<30}{'first task':>11}{'last task':>11}{'peer last':>11}{'speed-up':>10}")
+    print(f"{'preset':<16}{'threads':>8}  {'variant':<38}{'first task':>11}{'last task':>11}{'peer last':>11}{'speed-up':>10}")
     for name in args.presets:
         for threads in args.threads:
             ref = peer.get((name, threads))
             if ref:
-                print(f"{name:<16}{threads:>8}  {'hypnettorch (peer, no lookahead)':<30}{ref['first']:>11.2f}{ref['last']:>11.2f}")
+                print(f"{name:<16}{threads:>8}  {'hypnettorch (peer, no lookahead)':<38}{ref['first']:>11.2f}{ref['last']:>11.2f}")
             for label, changes in variants.items():
                 ms = time_preset(name, threads, args.iters, args.warmup, args.device, **changes)
                 ratio = f"{ref['last'] / ms['last']:.1f}x" if ref and "no lookahead" in label else ""
                 peer_last = f"{ref['last']:.1f}" if ref else ""
                 kernels = f"  ({ms['kernels']:.0f} GPU kernels per last-task step)" if "kernels" in ms else ""
-                print(f"{name:<16}{threads:>8}  {label:<30}{ms['first']:>11.2f}{ms['last']:>11.2f}{peer_last:>11}{ratio:>10}"
+                print(f"{name:<16}{threads:>8}  {label:<38}{ms['first']:>11.2f}{ms['last']:>11.2f}{peer_last:>11}{ratio:>10}"
                       + kernels, flush=True)
 
 

@@ -59,6 +59,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--multi-head", dest="multi_head", action="store_true", default=None,
                    help="one output head per task (only the current task's head is used)")
     p.add_argument("--single-head", dest="multi_head", action="store_false", help="one shared output head")
+    p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", default=None,
+                   help="on a GPU, launch the step's kernels one by one instead of replaying a captured graph")
     p.add_argument("--lookahead", dest="lookahead", action="store_true", default=None,
                    help="evaluate the regularizer at Θ+ΔΘ (Sec. 2.1; default)")
     p.add_argument("--no-lookahead", dest="lookahead", action="store_false", help="evaluate it at Θ")
@@ -80,7 +82,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(preset(preset_name).to_dict())
     values.update(file_values)
     values.update({dest: getattr(args, dest) for _, dest, _, _ in _FLAGS if getattr(args, dest) is not None})
-    for dest in ("multi_head", "lookahead"):
+    for dest in ("multi_head", "lookahead", "cuda_graph"):
         if getattr(args, dest) is not None:
             values[dest] = getattr(args, dest)
     if "num_tasks" not in values and values.get("benchmark") in BENCHMARKS:

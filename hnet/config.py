@@ -83,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    cuda_graph: bool = True  # on a GPU, capture the training step once and replay it (hnet/graphs.py)
     # failure injection for tests of the sweep machinery: loss becomes NaN at this task
     nan_at_task: int = -1
 

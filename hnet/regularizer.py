@@ -63,7 +63,10 @@ def adam_lookahead(optimizer: torch.optim.Adam, params: dict[str, torch.nn.Param
         if p.grad is None:
             continue
         state = optimizer.state.get(p, {})
-        step = int(state["step"]) + 1 if "step" in state else 1
+        step = state["step"] + 1 if "step" in state else 1
+        if torch.is_tensor(step) and step.device.type == "cpu":
+            step = step.item()  # bias corrections in float64, as Adam computes them
+        # (capturable Adam keeps its step on the GPU: used there, no sync, CUDA-graph safe)
         m = p.grad * (1 - beta1) if "exp_avg" not in state else torch.lerp(state["exp_avg"], p.grad, 1 - beta1)
         v = p.grad.square() * (1 - beta2) if "exp_avg_sq" not in state else \
             state["exp_avg_sq"] * beta2 + p.grad.square() * (1 - beta2)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .config import TrainConfig
 from .data import Benchmark, load_benchmark
 from .counts import count_weights
+from .graphs import CapturedStep
 from .models import build_models, target_forward
 from .regularizer import adam_lookahead, output_regularizer, snapshot
 
@@ -51,6 +52,11 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 32 * 2**20)
     libc.mallopt(m_trim_threshold, 512 * 2**20)
+
+
+def use_cuda_graph(cfg: TrainConfig, device: torch.device) -> bool:
+    """Capture the step on GPUs; a random task subset per step (reg_subset) would need its RNG in the graph."""
+    return cfg.cuda_graph and device.type == "cuda" and not 0 < cfg.reg_subset
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,7 +117,8 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
     state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": []}
     if resume and checkpoint and Path(checkpoint).exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        if saved["config"] != cfg.to_dict() | {"device": saved["config"]["device"], "threads": saved["config"]["threads"]}:
+        runtime = {k: saved["config"].get(k) for k in ("device", "threads", "cuda_graph")}  # may differ on resume
+        if saved["config"] != cfg.to_dict() | runtime:
             raise ValueError(f"checkpoint {checkpoint} was written for a different configuration")
         hnet.load_state_dict(saved["hnet"])
         state = {k: saved[k] for k in state}
@@ -123,14 +130,14 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + task)
         theta = hnet.theta()
         embedding = hnet.task_embs[task]  # earlier embeddings stay frozen: not in the optimizer
-        optimizer = torch.optim.Adam([*theta.values(), embedding], lr=cfg.lr)
+        graphed = use_cuda_graph(cfg, device)
+        optimizer = torch.optim.Adam([*theta.values(), embedding], lr=cfg.lr, capturable=graphed)
         regularize = cfg.beta > 0 and task > 0
         reg_targets = snapshot(hnet, task, cfg.resolved_reg_form()) if regularize else None
         batches = bench.train_batches(task, cfg.batch_size, generator)
         poison = float("nan") if task == cfg.nan_at_task else 1.0
 
-        for it in range(cfg.iters):
-            x, y = next(batches)
+        def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             optimizer.zero_grad(set_to_none=True)
             weights = hnet(embedding[None], padded=True)[0]
             loss_task = F.cross_entropy(target_forward(target, weights, x, task), y) * poison
@@ -144,6 +151,12 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
                 loss_reg = output_regularizer(hnet, reg_targets, delta, subset)
                 (cfg.beta * loss_reg).backward()
             optimizer.step()
+            return loss_task, loss_reg
+
+        if graphed:
+            step = CapturedStep(step)
+        for it in range(cfg.iters):
+            loss_task, loss_reg = step(*next(batches))
             for cb in callbacks:
                 cb.on_iteration(task, it, loss_task, loss_reg)
 
