@@ -19,29 +19,13 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import random
 import time
 from typing import Any
 
 from hnet.config import TrainConfig
-from hnet.counts import count_weights
-from sweeps.spec import SweepSpec, load_spec
+from sweeps.spec import load_spec
 
-
-def sample_architectures(spec: SweepSpec, n: int, seed: int = 0) -> list[TrainConfig]:
-    """Random draws of the spec's categorical space (as its random search), within its compression range."""
-    rng, out = random.Random(seed), []
-    while len(out) < n:
-        values: dict[str, Any] = {}
-        for key, choice in spec.space.items():
-            if key == "hnet_hidden" and isinstance(choice, dict):
-                values[key] = [rng.choice(choice["sizes"]) for _ in range(rng.choice(choice["layers"]))]
-            else:
-                values[key] = rng.choice(choice)
-        cfg = spec.base.replace(**values)
-        if spec.compression_min <= count_weights(cfg).compression_ratio <= spec.compression_max:
-            out.append(cfg)
-    return out
+from gpu_pool import sample_architectures
 
 
 class _Deadline(Exception):

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .config import ACTIVATIONS, BENCHMARKS, PRESETS, REG_FORMS, TrainConfig, UserError, preset
+from .config import ACTIVATIONS, BENCHMARKS, HNET_INITS, PRESETS, REG_FORMS, TrainConfig, UserError, preset
 
 USAGE_ERROR = 2
 
@@ -36,6 +36,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--chunk-size", "chunk_size", int, "hypernetwork output (chunk) size"),
     ("--task-emb-dim", "task_emb_dim", int, "task embedding size"),
     ("--chunk-emb-dim", "chunk_emb_dim", int, "chunk embedding size"),
+    ("--hnet-init", "hnet_init", str, f"hypernetwork initialisation: {', '.join(HNET_INITS)}"),
+    ("--hnet-emb-std", "hnet_emb_std", float, "std of the embeddings at init (0 = the init's own)"),
     ("--beta", "beta", float, "regularizer strength β of Eq. 2 (0 = fine-tuning baseline)"),
     ("--reg-subset", "reg_subset", int, "regularize a random subset of at most K earlier tasks (0 = all)"),
     ("--reg-form", "reg_form", str, f"regularizer computation: {', '.join(REG_FORMS)} (auto: the cheaper)"),

@@ -14,6 +14,7 @@ from typing import Any
 ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu")
 SCENARIOS = ("cl1",)  # CL2/CL3 need task inference; the config keeps room for them.
 REG_FORMS = ("auto", "factored", "direct")
+HNET_INITS = ("hyperfan", "xavier")
 
 
 class UserError(Exception):
@@ -70,6 +71,8 @@ class TrainConfig:
     chunk_size: int = 2000
     task_emb_dim: int = 24
     chunk_emb_dim: int = 8
+    hnet_init: str = "hyperfan"  # hyperfan (chunked hyperfan-in, docs/init.md) | xavier (the authors' code)
+    hnet_emb_std: float = 0.0  # std of task and chunk embeddings at init; 0 = the init's own (xavier 1, hyperfan derived)
     # output regularizer, Eq. 2
     beta: float = 0.01
     lookahead: bool = True
@@ -120,6 +123,9 @@ class TrainConfig:
         need(math.isfinite(self.beta) and self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.reg_subset >= 0, f"reg_subset must be >= 0 (0 = all earlier tasks), got {self.reg_subset}")
+        need(self.hnet_init in HNET_INITS, f"unknown hnet_init {self.hnet_init!r} (choose from {', '.join(HNET_INITS)})")
+        need(math.isfinite(self.hnet_emb_std) and self.hnet_emb_std >= 0,
+             f"hnet_emb_std must be >= 0 (0 = the init's own), got {self.hnet_emb_std}")
         need(self.reg_form in REG_FORMS, f"unknown reg_form {self.reg_form!r} (choose from {', '.join(REG_FORMS)})")
         need(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
@@ -213,8 +219,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         chunk_emb_dim=8, beta=0.01, lr=1e-4, iters=5000, batch_size=128, lookahead=True),
 }
 # The authors' published code differs from the paper's text in two places.
-PRESETS["split_mnist_authors"] = {**PRESETS["split_mnist"], "hnet_activation": "relu"}
-PRESETS["permuted_mnist_authors"] = {**PRESETS["permuted_mnist"], "beta": 0.1}
+PRESETS["split_mnist_authors"] = {**PRESETS["split_mnist"], "hnet_activation": "relu", "hnet_init": "xavier"}
+PRESETS["permuted_mnist_authors"] = {**PRESETS["permuted_mnist"], "beta": 0.1, "hnet_init": "xavier"}
 # Tiny offline configurations (seconds on a laptop CPU).
 PRESETS["split_digits"] = dict(
     benchmark="split_digits", num_tasks=5, target_hidden=(100, 100), hnet_hidden=(25, 25),

@@ -66,9 +66,57 @@ def target_forward(target: nn.Module, weights: torch.Tensor, x: torch.Tensor, ta
     return torch.func.functional_call(target, params, (x, task))
 
 
+@torch.no_grad()
+def dead_unit_fraction(target: MLP, weights: torch.Tensor, x: torch.Tensor) -> float:
+    """Fraction of the target's first-layer units that are not positive for any input of ``x``
+    (dead ReLUs: no gradient reaches their weights)."""
+    layer = target.layers[0]
+    w, b = weights[:layer.weight.numel()], weights[layer.weight.numel():layer.weight.numel() + layer.bias.numel()]
+    pre = x @ w.view(layer.weight.shape).T + b
+    return (pre <= 0).all(0).float().mean().item()
+
+
 def flat_weights(target: nn.Module) -> torch.Tensor:
     """The module's own parameters as one flat vector (inverse of ``target_forward``)."""
     return torch.cat([p.detach().reshape(-1) for p in target.parameters()])
+
+
+def fan_in_variances(target: nn.Module, activation: str) -> torch.Tensor:
+    """Per target parameter (flat, ``named_parameters`` order): the variance a fan-in
+    initialisation of the target gives it. A weight (out, in) gets gain²/in with the gain of
+    the activation that follows it (the last layer feeds the loss: gain 1); a bias gets
+    PyTorch's default 1/(3·in), kept non-zero so that no chunk of biases starts (and stays) at 0.
+    """
+    params = list(target.parameters())
+    last_weight = max(i for i, p in enumerate(params) if p.dim() == 2)
+    pieces, fan_in = [], 1
+    for i, p in enumerate(params):
+        if p.dim() == 2:
+            fan_in = p.shape[1]
+            gain2 = 1.0 if i == last_weight else activation_gain(activation, 1.0) ** 2
+            pieces.append(torch.full((p.numel(),), gain2 / fan_in))
+        else:
+            pieces.append(torch.full((p.numel(),), 1 / (3 * fan_in)))
+    return torch.cat(pieces)
+
+
+def activation_gain(activation: str, second_moment: float) -> float:
+    """Gain g with E[φ(g·x)²] = E[x²] for x ~ N(0, second_moment): the fan-in gain that keeps
+    the second moment of a layer's output equal to its input's (ReLU: √2, linear: 1; ELU
+    depends on the scale: ≈1 for small inputs, where it is nearly linear)."""
+    act = _ACTIVATIONS[activation]
+    z = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    density = torch.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+
+    def moment(g: float) -> float:  # E[φ(g σ z)²] / σ², z ~ N(0, 1), by quadrature
+        sigma = math.sqrt(second_moment)
+        return torch.trapezoid(act(g * sigma * z) ** 2 * density, z).item() / second_moment
+
+    lo, hi = 0.5, 4.0  # moment(g) grows with g for every activation here
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if moment(mid) < 1.0 else (lo, mid)
+    return (lo + hi) / 2
 
 
 class ChunkedHypernetwork(nn.Module):
@@ -78,25 +126,71 @@ class ChunkedHypernetwork(nn.Module):
     including none) outputs ``chunk_size`` weights; the concatenated chunks are truncated
     to ``num_outputs``. All chunks of all given task embeddings are one batched call.
     Task embeddings (one per task) and chunk embeddings (shared) are learned.
+
+    Initialisation (docs/init.md):
+    * ``xavier`` (the authors' code): Glorot-uniform weights, zero biases, embeddings N(0, emb_std²)
+      with emb_std 1 by default.
+    * ``hyperfan`` (chunked hyperfan-in, after Chang et al. 2020; ``init_hyperfan``): the
+      generated weights get ``target_variances``, the variances a fan-in initialisation of
+      the target would give them; embeddings N(0, emb_std²) with emb_std by default the
+      target's mean weight scale, sqrt(mean(target_variances)).
     """
 
     def __init__(self, num_outputs: int, num_tasks: int, chunk_size: int, hidden: tuple[int, ...],
-                 activation: str, task_emb_dim: int, chunk_emb_dim: int) -> None:
+                 activation: str, task_emb_dim: int, chunk_emb_dim: int, init: str = "xavier",
+                 emb_std: float = 0.0, target_variances: torch.Tensor | None = None) -> None:
         super().__init__()
         self.num_outputs, self.chunk_size, self.activation = num_outputs, chunk_size, activation
         self.num_chunks = math.ceil(num_outputs / chunk_size)
-        self.task_embs = nn.ParameterList(
-            nn.Parameter(torch.randn(task_emb_dim)) for _ in range(num_tasks))
-        self.chunk_embs = nn.Parameter(torch.randn(self.num_chunks, chunk_emb_dim))
+        self.register_buffer("chunk_scale", None)  # hyperfan: fixed per-chunk output gain (see init_hyperfan)
         dims = [task_emb_dim + chunk_emb_dim, *hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.out = nn.Linear(dims[-1], chunk_size)
-        # Glorot-uniform weights and zero biases (as the authors' hypercl code): the output
-        # layer's huge fan-out keeps generated target weights small at the start, where
-        # PyTorch's fan-in default would generate weights ~10x too large (loss ~20 at step 0).
-        for layer in [*self.layers, self.out]:
-            nn.init.xavier_uniform_(layer.weight)
+        if init == "xavier":
+            # Glorot-uniform, zero biases, unit-normal embeddings (the authors' code): the output
+            # layer's huge fan-out keeps generated target weights small at the start.
+            emb_std = emb_std or 1.0
+            for layer in [*self.layers, self.out]:
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        else:
+            emb_std = emb_std or math.sqrt(target_variances.mean().item())
+        self.task_embs = nn.ParameterList(
+            nn.Parameter(emb_std * torch.randn(task_emb_dim)) for _ in range(num_tasks))
+        self.chunk_embs = nn.Parameter(emb_std * torch.randn(self.num_chunks, chunk_emb_dim))
+        if init == "hyperfan":
+            self.init_hyperfan(emb_std, target_variances)
+
+    @torch.no_grad()
+    def init_hyperfan(self, emb_std: float, target_variances: torch.Tensor) -> None:
+        """Chunked hyperfan-in (docs/init.md): generated weights get the target's fan-in variances.
+
+        The hypernetwork itself is an ordinary fan-in network of unit output variance:
+        hidden layers with the gain that keeps the second moment of every unit at emb_std²
+        (the inputs' own), zero biases; the linear output layer (gain 1) with variance
+        1 / (width · emb_std²). A fixed (not learned) gain per chunk k, sqrt(v_k / m_k), then
+        brings chunk k to v_k, the mean target variance of the parameters it generates; m_k is
+        the second moment chunk k actually has for the initial embeddings (narrow hidden layers
+        make it fluctuate from chunk to chunk). Because the target's small scale sits in that
+        fixed gain, one Adam step on the shared output layer moves every generated weight by
+        about lr · sqrt(v_k), not lr: with all chunks sharing the output layer, steps of size lr
+        shift all target weights of a layer coherently and kill its ReLUs within a few steps.
+        """
+        second_moment = emb_std**2
+        for layer in self.layers:
+            gain = activation_gain(self.activation, second_moment)
+            nn.init.normal_(layer.weight, std=gain / math.sqrt(layer.in_features))
             nn.init.zeros_(layer.bias)
+        nn.init.normal_(self.out.weight, std=1 / math.sqrt(self.out.in_features * second_moment))
+        nn.init.zeros_(self.out.bias)
+
+        def per_chunk_mean(values: torch.Tensor) -> torch.Tensor:  # (..., num_outputs) -> (num_chunks,)
+            padded = torch.full((*values.shape[:-1], self.num_chunks * self.chunk_size), math.nan)
+            padded[..., :self.num_outputs] = values
+            return padded.view(-1, self.num_chunks, self.chunk_size).transpose(0, 1).reshape(self.num_chunks, -1).nanmean(1)
+
+        generated = self(torch.stack(list(self.task_embs)))
+        self.chunk_scale = (per_chunk_mean(target_variances) / per_chunk_mean(generated.square())).sqrt()
 
     def forward(self, task_embs: torch.Tensor, features_only: bool = False, padded: bool = False) -> torch.Tensor:
         """(T, task_emb_dim) -> generated weights (T, num_outputs).
@@ -113,7 +207,10 @@ class ChunkedHypernetwork(nn.Module):
             h = act(layer(h))
         if features_only:
             return h
-        weights = self.out(h).reshape(T, C * self.chunk_size)
+        weights = self.out(h)
+        if self.chunk_scale is not None:
+            weights = weights * self.chunk_scale[:, None]
+        weights = weights.reshape(T, C * self.chunk_size)
         return weights if padded else weights[:, :self.num_outputs]
 
     def theta(self) -> dict[str, nn.Parameter]:
@@ -135,5 +232,6 @@ def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[
                      num_heads=cfg.num_tasks if cfg.multi_head else 1)
     torch.manual_seed(cfg.seed)
     hnet = ChunkedHypernetwork(num_weights(target), cfg.num_tasks, cfg.chunk_size, cfg.hnet_hidden,
-                               cfg.hnet_activation, cfg.task_emb_dim, cfg.chunk_emb_dim)
+                               cfg.hnet_activation, cfg.task_emb_dim, cfg.chunk_emb_dim, cfg.hnet_init,
+                               cfg.hnet_emb_std, fan_in_variances(target, cfg.target_activation))
     return target, hnet.to(device)

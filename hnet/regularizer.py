@@ -94,6 +94,8 @@ def output_regularizer(hnet: ChunkedHypernetwork, targets: RegTargets,
     d_bias = params["out.bias"] - targets.out_bias  # (S,)
     ones = torch.ones_like(h[..., :1])
     U = torch.cat([stored_h, h - stored_h, ones], dim=-1)  # (P, C, 2w+1)
+    if hnet.chunk_scale is not None:  # W_k = s_k (H_k A^T + 1 b^T): the gain scales U's rows
+        U = U * hnet.chunk_scale[:, None]
     full = hnet.num_outputs // hnet.chunk_size  # chunks that are not truncated
     U_full = U[:, :full].reshape(-1, U.shape[-1])
     total = _QuadraticForm.apply(d_weight, params["out.weight"], d_bias, U_full.T @ U_full)

@@ -20,8 +20,11 @@ from .config import TrainConfig
 from .data import Benchmark, load_benchmark
 from .counts import count_weights
 from .graphs import CapturedStep
-from .models import build_models, target_forward
+from .models import build_models, dead_unit_fraction, target_forward
 from .regularizer import adam_lookahead, output_regularizer, snapshot
+
+
+DEAD_UNITS_AT = 100  # iteration of the first task at which dead first-layer target units are counted
 
 
 class TrainingDiverged(RuntimeError):
@@ -114,7 +117,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         keep_freed_memory()
     bench = bench or load_benchmark(cfg, device)
     target, hnet = build_models(cfg, device)
-    state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": []}
+    state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": [], "dead_units_first_layer": None}
     if resume and checkpoint and Path(checkpoint).exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         runtime = {k: saved["config"].get(k) for k in ("device", "threads", "cuda_graph")}  # may differ on resume
@@ -156,9 +159,12 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         if graphed:
             step = CapturedStep(step)
         for it in range(cfg.iters):
-            loss_task, loss_reg = step(*next(batches))
+            x, y = next(batches)
+            loss_task, loss_reg = step(x, y)
             for cb in callbacks:
                 cb.on_iteration(task, it, loss_task, loss_reg)
+            if task == 0 and it + 1 == min(DEAD_UNITS_AT, cfg.iters):  # the init diagnostic of docs/init.md
+                state["dead_units_first_layer"] = dead_unit_fraction(target, hnet(embedding[None])[0], x)
 
         if not math.isfinite(loss_task.item()):
             raise TrainingDiverged(f"loss is {loss_task.item()} at task {task}")
@@ -188,6 +194,8 @@ def result_dict(cfg: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": seconds,
         "iters_per_second": tasks_done * cfg.iters / seconds if seconds > 0 else 0.0,
     }
+    if state["dead_units_first_layer"] is not None:
+        out["dead_units_first_layer"] = state["dead_units_first_layer"]
     if state["val_acc_matrix"]:
         val = summarize(state["val_acc_matrix"])
         out["val_acc_matrix"] = state["val_acc_matrix"]
