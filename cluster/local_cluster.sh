@@ -12,13 +12,15 @@
 #
 # Settings (environment): HNET_CLUSTER_DIR (state, logs, token; default .ray-local), HNET_RAY_PORT
 # (GCS port, default 6390), HNET_DASHBOARD_PORT (default 8266, loopback only), HNET_WORKER_CPUS (CPUs per
-# worker node, default 1), RAY (the ray executable, default the one beside this Python).
+# worker node, default 1), HNET_WORKER_GPUS (GPUs per worker node, default 0: logical ones where the machine
+# has fewer, for trying GPU packing on a CPU machine), RAY (the ray executable, default the one beside this Python).
 set -euo pipefail
 
 STATE=${HNET_CLUSTER_DIR:-.ray-local}
 PORT=${HNET_RAY_PORT:-6390}
 DASHBOARD_PORT=${HNET_DASHBOARD_PORT:-8266}
 WORKER_CPUS=${HNET_WORKER_CPUS:-1}
+WORKER_GPUS=${HNET_WORKER_GPUS:-0}
 RAY=${RAY:-$(command -v ray || true)}
 ADDRESS=127.0.0.1:$PORT
 
@@ -64,7 +66,7 @@ start() {
     wait_for_nodes 1
     for i in $(seq "$workers"); do
         setsid "$RAY" start --block --address "$ADDRESS" --node-ip-address 127.0.0.1 --num-cpus "$WORKER_CPUS" \
-            --resources "{\"local_worker_$i\": 1}" --include-log-monitor false \
+            --num-gpus "$WORKER_GPUS" --resources "{\"local_worker_$i\": 1}" --include-log-monitor false \
             > "$STATE/worker_$i.log" 2>&1 < /dev/null &
         echo $! > "$STATE/worker_$i.pid"
         # One at a time: a node must register within Ray's fixed 30 s, which a cold start of several

@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"hnet sweep: {spec.name}: {spec.num_samples} configurations x {spec.seeds} seed(s), "
           f"{spec.algorithm} search, {spec.base.benchmark}, MLflow {spec.tracking_uri} (experiment {spec.experiment!r})",
           flush=True)
-    summary = run_sweep(spec, address=args.address, resume=args.resume)
+    summary = run_sweep(spec, address=args.address, resume=args.resume, resource_check=args.resource_check)
     stats = summary["stats"]
     print(f"\nsweep {summary['state']['sweep_id']}: {stats['trials']} trials, {stats['trials_completed']} completed, "
           f"{stats['trials_failed']} failed, {stats['trials_pruned']} pruned/unfinished, "
@@ -122,6 +122,8 @@ def add_sweep_parser(sub: argparse._SubParsersAction, parser_class) -> None:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default from the spec: sqlite:///mlflow.db)")
     run.add_argument("--storage-path", help="Tune storage for results and checkpoints (shared on clusters)")
     run.add_argument("--resume", action="store_true", help="finish the newest unfinished sweep of this spec")
+    run.add_argument("--no-resource-check", dest="resource_check", action="store_false",
+                     help="start even if no node can hold a trial now (an autoscaler will add one)")
     run.set_defaults(func=cmd_run)
     dry = actions.add_parser("dry-run", parents=[common], help="print sampled configurations and compression ratios")
     dry.set_defaults(func=cmd_dry_run)

@@ -28,7 +28,7 @@ from .spec import SweepSpec
 
 SUMMARY_KEYS = ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio", "hnet_weights",
                 "target_weights", "task_embedding_weights", "num_chunks", "train_seconds", "iters_per_second",
-                "val_acc_after_mean", "val_acc_during_mean")
+                "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer")
 
 
 def code_version() -> dict[str, str]:
@@ -141,7 +141,8 @@ class MLflowTrialLogger(tune.Callback):
                 metrics += [Metric(k, float(summary[k]), now, s) for k in ("acc_after_mean", "acc_during_mean",
                                                                            "forgetting")]
         # where the trial ran (its latest node, after a retry elsewhere)
-        tags = [RunTag(k, str(result[key])) for k, key in (("ray_node_id", "node_id"), ("hostname", "hostname"))
+        tags = [RunTag(k, str(result[key])) for k, key in (("ray_node_id", "node_id"), ("hostname", "hostname"),
+                                                           ("device", "device"), ("gpu_ids", "gpu_ids"))
                 if key in result]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self._last_step[trial.trial_id] = step

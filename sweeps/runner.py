@@ -55,7 +55,25 @@ def init_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, log_to_driver=True)
 
 
-def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False) -> dict[str, Any]:
+def check_resources(spec: SweepSpec) -> None:
+    """Fail at once, rather than leave trials PENDING forever, when no alive node can hold one trial.
+
+    (A cluster with an autoscaler may add such nodes later: ``--no-resource-check``.)
+    """
+    import ray
+
+    need = {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial}
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+        return
+    have = "; ".join(f"{node.get('CPU', 0):g} CPU, {node.get('GPU', 0):g} GPU" for node in nodes) or "no nodes"
+    raise SpecError(f"no node of the cluster can run a trial: each asks for {spec.cpus_per_trial:g} CPU and "
+                    f"{spec.gpus_per_trial:g} GPU, the nodes have {have} (resources in the spec; "
+                    f"--no-resource-check waits for an autoscaler instead)")
+
+
+def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
+              resource_check: bool = True) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns a summary with the best trials."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -76,6 +94,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False)
         sweep_dir = candidates[-1]
         state = _read_state(sweep_dir)
         init_ray(address)
+        if resource_check:
+            check_resources(spec)
         if repair_tune_state(sweep_dir):
             print(f"hnet sweep: Tune's experiment state was cut off when the driver died; "
                   f"restored its last complete copy from {sweep_dir / STATE_BACKUP}", flush=True)
@@ -85,10 +105,12 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False)
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        init_ray(address)
+        if resource_check:  # before anything is written: the MLflow parent run, the sweep folder
+            check_resources(spec)
         parent_run_id = start_parent_run(spec, sweep_id, storage)
         state = {"name": spec.name, "sweep_id": sweep_id, "parent_run_id": parent_run_id, "source": spec.source,
                  "tracking_uri": spec.tracking_uri, "experiment": spec.experiment, "finished": False}
-        init_ray(address)
         sweep_dir = Path(storage) / sweep_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
         searcher = ConcurrencyLimiter(SweepSearcher(spec, stats_file=str(sweep_dir / SEARCH_STATS)),

@@ -15,6 +15,7 @@ import ray
 import torch
 from ray import tune
 
+from hnet.config import TrainConfig
 from hnet.data import load_benchmark
 from hnet.trainer import Callback, resolve_device, train
 
@@ -32,11 +33,33 @@ def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 class TuneReporter(Callback):
+    def __init__(self, placement: dict[str, str]) -> None:
+        self.placement = placement  # where the trial runs: node, device, Ray's GPU ids (MLflow tags)
+
     def on_task_end(self, task: int, summary: dict[str, Any], checkpoint: Path | None) -> None:
         with tempfile.TemporaryDirectory(prefix="hnet-ckpt-") as folder:
             shutil.copy(checkpoint, Path(folder) / "checkpoint.pt")
-            metrics = trial_metrics(summary) | {"node_id": ray.get_runtime_context().get_node_id()}
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(trial_metrics(summary) | self.placement, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def placement(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
+    """The trial's device and CPU threads from what Ray assigned it.
+
+    Ray exposes only the assigned GPUs (CUDA_VISIBLE_DEVICES), so ``auto`` picks the first of
+    them; threads default to the trial's CPU share. A trial given a GPU on a node without CUDA
+    (logical GPUs, as in tests) trains on the CPU and says so once.
+    """
+    context = ray.get_runtime_context()
+    gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    cpus = context.get_assigned_resources().get("CPU", 1.0)
+    if cfg.threads == 0:
+        cfg = cfg.replace(threads=max(1, int(cpus)))
+    device = resolve_device(cfg.device)
+    if gpu_ids and device.type != "cuda":
+        print(f"hnet trial: Ray assigned GPU {','.join(gpu_ids)} but CUDA is not available on this node; "
+              f"training on the CPU", flush=True)
+    name = f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
+    return cfg, {"node_id": context.get_node_id(), "device": name, "gpu_ids": ",".join(gpu_ids)}
 
 
 def _stored_checkpoints() -> list[tune.Checkpoint]:
@@ -78,7 +101,8 @@ def run_trial(config: dict[str, Any]) -> None:
         resumed_at = restore_latest(local_checkpoint)  # retry or restore: continue after the last finished task
         if resumed_at is not None:
             print(f"hnet trial: resuming at task {resumed_at} of {cfg.num_tasks} (0-based)", flush=True)
+        cfg, where = placement(cfg)
         bench = load_benchmark(cfg, resolve_device(cfg.device))  # raw data cached per worker process
-        train(cfg, bench, callbacks=[TuneReporter()], checkpoint=local_checkpoint, resume=True)
+        train(cfg, bench, callbacks=[TuneReporter(where)], checkpoint=local_checkpoint, resume=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
