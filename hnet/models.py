@@ -143,23 +143,21 @@ class ChunkedHypernetwork(nn.Module):
         self.num_outputs, self.chunk_size, self.activation = num_outputs, chunk_size, activation
         self.num_chunks = math.ceil(num_outputs / chunk_size)
         self.register_buffer("chunk_scale", None)  # hyperfan: fixed per-chunk output gain (see init_hyperfan)
-        dims = [task_emb_dim + chunk_emb_dim, *hidden]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.out = nn.Linear(dims[-1], chunk_size)
-        if init == "xavier":
-            # Glorot-uniform, zero biases, unit-normal embeddings (the authors' code): the output
-            # layer's huge fan-out keeps generated target weights small at the start.
-            emb_std = emb_std or 1.0
-            for layer in [*self.layers, self.out]:
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
-        else:
-            emb_std = emb_std or math.sqrt(target_variances.mean().item())
+        emb_std = emb_std or (1.0 if init == "xavier" else math.sqrt(target_variances.mean().item()))
         self.task_embs = nn.ParameterList(
             nn.Parameter(emb_std * torch.randn(task_emb_dim)) for _ in range(num_tasks))
         self.chunk_embs = nn.Parameter(emb_std * torch.randn(self.num_chunks, chunk_emb_dim))
+        dims = [task_emb_dim + chunk_emb_dim, *hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(dims[-1], chunk_size)
         if init == "hyperfan":
             self.init_hyperfan(emb_std, target_variances)
+            return
+        # Glorot-uniform, zero biases, unit-normal embeddings (the authors' code): the output
+        # layer's huge fan-out keeps generated target weights small at the start.
+        for layer in [*self.layers, self.out]:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     @torch.no_grad()
     def init_hyperfan(self, emb_std: float, target_variances: torch.Tensor) -> None:

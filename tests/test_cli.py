@@ -40,6 +40,8 @@ def test_dry_run_without_hidden_layers():
     (["--benchmark", "cifar1000"], "unknown benchmark"),
     (["--preset", "nope"], "unknown preset"),
     (["--beta", "-1"], "beta must be >= 0"),
+    (["--hnet-init", "kaiming"], "unknown hnet_init"),
+    (["--hnet-emb-std", "-0.1"], "hnet_emb_std must be >= 0"),
     (["--iters", "ten"], "invalid int value"),
     (["--benchmark", "split_mnist", "--data-root", "DATA_MISSING"], "MNIST not found"),
 ])

@@ -78,3 +78,35 @@ def test_target_weights_live_on_meta_and_hnet_is_seeded():
     _, again = build_models(cfg)
     for a, b in zip(hnet.parameters(), again.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("chunk_size, hidden, activation, target_activation", [
+    (50, (20, 20), "elu", "relu"), (200, (50,), "relu", "relu"), (2000, (10, 10), "elu", "relu"),
+    (100, (25, 25), "relu", "elu"), (10, (15,), "elu", "relu")])
+def test_hyperfan_generates_the_targets_fan_in_variance(chunk_size, hidden, activation, target_activation):
+    """Every target layer spanning at least two chunks gets the second moment a fan-in init gives it (±20 %)."""
+    cfg = preset("split_mnist").replace(chunk_size=chunk_size, hnet_hidden=hidden, hnet_activation=activation,
+                                        target_activation=target_activation, hnet_init="hyperfan")
+    target, hnet = build_models(cfg)
+    with torch.no_grad():
+        generated = hnet(hnet.embeddings(range(cfg.num_tasks)))
+    gain2 = 2.0 if target_activation == "relu" else 1.2779600754 ** 2
+    weights = list(target.named_parameters())
+    offset, checked = 0, 0
+    for i, (name, p) in enumerate(weights):
+        piece = generated[:, offset:offset + p.numel()]
+        offset += p.numel()
+        if p.dim() != 2 or p.numel() < 2 * chunk_size:
+            continue
+        expected = (1.0 if i == len(weights) - 2 else gain2) / p.shape[1]
+        assert piece.square().mean().item() == pytest.approx(expected, rel=0.2), name
+        checked += 1
+    assert checked >= 2
+
+
+def test_xavier_keeps_the_authors_init():
+    cfg = preset("split_mnist")
+    assert cfg.hnet_init == "xavier"
+    _, hnet = build_models(cfg)
+    assert hnet.chunk_scale is None and abs(hnet.task_embs[0].std().item() - 1.0) < 0.2
+    assert all(layer.bias.abs().max() == 0 for layer in [*hnet.layers, hnet.out])

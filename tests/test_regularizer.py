@@ -142,3 +142,12 @@ def test_auto_form_picks_factored_for_large_chunks_and_direct_for_small():
     assert preset("split_mnist").resolved_reg_form() == "factored"
     assert preset("split_mnist").replace(chunk_size=10, hnet_hidden=(100,)).resolved_reg_form() == "direct"
     assert preset("split_mnist").replace(chunk_size=10, reg_form="factored").resolved_reg_form() == "factored"
+
+
+def test_factored_equals_direct_with_hyperfan_chunk_gains():
+    torch.manual_seed(0)
+    hnet = ChunkedHypernetwork(1000, 5, 96, (6, 5), "elu", 4, 3, init="hyperfan",
+                               target_variances=torch.rand(1000) * 0.01 + 0.001).double()
+    direct, factored = snapshot(hnet, 4, "direct"), snapshot(hnet, 4, "factored")
+    perturb(hnet, 0.05)
+    torch.testing.assert_close(output_regularizer(hnet, factored), output_regularizer(hnet, direct))
