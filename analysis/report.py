@@ -11,7 +11,7 @@ import pandas as pd
 from hnet.config import UserError
 
 from .figures import PAPER_ACCURACY, accuracy_heatmap, fig_a7
-from .runs import accuracy_matrix, aggregate_seeds, load_trials, pareto_front
+from .runs import accuracy_matrix, aggregate_seeds, load_results_files, load_trials, pareto_front
 
 RATIO_BINS = [0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, float("inf")]
 
@@ -27,16 +27,21 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to_mlflow: bool = True,
-                 trials: list[str] | None = None) -> Path:
+                 trials: list[str] | None = None, results_files: list[str] | None = None) -> Path:
     """Write report.md and the figure files to ``out_dir``; attach them to the sweep's parent run.
 
     ``trials`` (trial ids) get a per-run view, their accuracy matrix as a heat map; default: the best trial.
+    With ``results_files`` (JSON lines of trainer results) the trials come from those files, merged,
+    instead of MLflow, and nothing is logged.
     """
     from mlflow.tracking import MlflowClient
 
-    frame = load_trials(experiment, tracking_uri)
+    if results_files:
+        frame, source, log_to_mlflow = load_results_files(results_files), ", ".join(map(str, results_files)), False
+    else:
+        frame, source = load_trials(experiment, tracking_uri), tracking_uri
     if frame.empty:
-        raise ValueError(f"experiment {experiment!r} at {tracking_uri} holds no trial runs")
+        raise ValueError(f"experiment {experiment!r} at {source} holds no trial runs")
     unknown = sorted(set(trials or []) - set(frame["trial_id"]))
     if unknown:
         raise ValueError(f"no trial {', '.join(unknown)} in experiment {experiment!r}")
@@ -51,7 +56,7 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
         row = frame[frame["trial_id"] == trial_id].iloc[0]
         title = (f"{trial_id} ({row['status']}): compression {row['compression_ratio']:.3f}, "
                  f"acc_after_mean {row.get('acc_after_mean', float('nan')):.2f}")
-        matrix = accuracy_matrix(client, row["run_id"])
+        matrix = row["acc_matrix"] if "acc_matrix" in row else accuracy_matrix(client, row["run_id"])
         if matrix:
             heatmaps[trial_id] = accuracy_heatmap(matrix, out_dir / f"acc_matrix_{trial_id}.png", title)
     configs = aggregate_seeds(frame)
@@ -65,7 +70,7 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     shown = searched + ["compression_ratio", "acc_after_mean_mean", "acc_after_mean_std", "acc_after_mean_count"]
 
     lines = [f"# Sweep report: {experiment}", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{tracking_uri}`.", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{source}`.", "",
              f"- trials: {len(frame)} ({counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
              f"{counts.get('pruned', 0)} pruned, {counts.get('running', 0)} unfinished)",
              f"- configurations (seeds aggregated): {len(configs)}",
@@ -96,10 +101,11 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
 def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out or f"reports/{args.experiment}")
     try:
-        report = write_report(args.experiment, args.tracking_uri, out, trials=args.trial)
+        report = write_report(args.experiment, args.tracking_uri, out, trials=args.trial, results_files=args.results)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    print(f"report: {report}  (figure: {out / 'fig_a7.png'}; also logged to the sweep's parent run)", file=sys.stderr)
+    logged = "" if args.results else "; also logged to the sweep's parent run"
+    print(f"report: {report}  (figure: {out / 'fig_a7.png'}{logged})", file=sys.stderr)
     return 0
 
 
@@ -110,4 +116,7 @@ def add_report_parser(sub, parser_class) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default reports/EXPERIMENT)")
     p.add_argument("--trial", action="append", metavar="TRIAL_ID",
                    help="per-run view: this trial's accuracy matrix as a heat map (repeatable; default the best trial)")
+    p.add_argument("--results", nargs="+", metavar="FILE.jsonl",
+                   help="read the trials from these results files (bench/gpu_pool.py), merged, instead of MLflow; "
+                        "EXPERIMENT is then only the report's title")
     p.set_defaults(func=cmd_report)

@@ -1,6 +1,9 @@
 """Sweeps in MLflow as pandas DataFrames: one row per trial, seeds aggregated on demand."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
@@ -36,6 +39,26 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
         client = MlflowClient(tracking_uri)
         frame["acc_matrix"] = [accuracy_matrix(client, run_id) for run_id in frame["run_id"]]
     return frame.sort_values("start_time").reset_index(drop=True)
+
+
+def load_results_files(paths: list[str | Path]) -> pd.DataFrame:
+    """Trials from JSON-lines files of trainer results (``bench/gpu_pool.py`` on a machine without
+    MLflow), in ``load_trials``' layout with the ``acc_matrix`` column; several files merge."""
+    from hnet.config import TrainConfig
+
+    rows = []
+    for path in map(Path, paths):
+        try:
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read results file {path}: {str(exc).splitlines()[0]}") from None
+        for i, result in enumerate(lines):
+            params = TrainConfig.from_dict(result["config"]).to_flat_params()
+            metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            rows.append({"run_id": None, "trial_id": f"{path.stem}-{i}", "sweep_id": path.stem,
+                         "benchmark": params["benchmark"], "status": "completed", "start_time": len(rows),
+                         **params, **metrics, "acc_matrix": result["acc_matrix"]})
+    return pd.DataFrame(rows)
 
 
 def accuracy_matrix(client: MlflowClient, run_id: str) -> list[list[float]]:
