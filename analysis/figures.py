@@ -42,7 +42,7 @@ def fig_a7(frame: pd.DataFrame, out_dir: str | Path, experiment: str = "") -> di
         if benchmark in PAPER_ACCURACY:
             ax.axhline(PAPER_ACCURACY[benchmark], color="tab:green", ls=":", lw=1.5,
                        label=f"paper HNET CL1 ({PAPER_ACCURACY[benchmark]}%)")
-        ax.set_xlabel("compression ratio (hypernetwork / target weights)")
+        ax.set_xlabel("compression ratio: hypernetwork weights (task embeddings not counted) / target weights")
         ax.set_ylabel("final mean accuracy acc_after (%)")
         ax.set_title(TITLES.get(benchmark, benchmark))
         ax.grid(alpha=0.3)

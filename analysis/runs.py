@@ -9,7 +9,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 # Config fields that identify a configuration (everything but the seed and bookkeeping).
-NOT_CONFIG = {"seed", "config_group", "seed_index", "device", "threads", "data_root", "eval_batch_size"}
+NOT_CONFIG = {"seed", "config_group", "seed_index", "device", "threads", "cuda_graph", "data_root", "eval_batch_size"}
 
 
 def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with_matrix: bool = False) -> pd.DataFrame:

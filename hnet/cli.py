@@ -124,6 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "task_embedding_weights": sum(p.numel() for p in hnet.task_embs),
                  "num_chunks": hnet.num_chunks}
         built["compression_ratio"] = built["hnet_weights"] / built["target_weights"]
+        built["compression_ratio_with_task_embeddings"] = \
+            (built["hnet_weights"] + built["task_embedding_weights"]) / built["target_weights"]
         assert built == counts.to_dict(), (built, counts.to_dict())
         print(json.dumps({**built, "config": cfg.to_dict()}))
         return 0

@@ -23,10 +23,16 @@ class WeightCounts:
     def compression_ratio(self) -> float:
         return self.hnet_weights / self.target_weights
 
+    @property
+    def compression_ratio_with_task_embeddings(self) -> float:
+        """As the authors' code counts: task embeddings are trained weights too (they grow with tasks)."""
+        return (self.hnet_weights + self.task_embedding_weights) / self.target_weights
+
     def to_dict(self) -> dict[str, float]:
         return {"target_weights": self.target_weights, "hnet_weights": self.hnet_weights,
                 "task_embedding_weights": self.task_embedding_weights,
-                "num_chunks": self.num_chunks, "compression_ratio": self.compression_ratio}
+                "num_chunks": self.num_chunks, "compression_ratio": self.compression_ratio,
+                "compression_ratio_with_task_embeddings": self.compression_ratio_with_task_embeddings}
 
 
 def _linear_stack_weights(dims: list[int]) -> int:

@@ -26,7 +26,8 @@ from hnet.trainer import summarize
 
 from .spec import SweepSpec
 
-SUMMARY_KEYS = ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio", "hnet_weights",
+SUMMARY_KEYS = ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio",
+                "compression_ratio_with_task_embeddings", "hnet_weights",
                 "target_weights", "task_embedding_weights", "num_chunks", "train_seconds", "iters_per_second",
                 "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer")
 

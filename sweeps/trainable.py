@@ -24,7 +24,8 @@ from .search import train_config_of
 
 def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """Tune metrics after a task: running means over the tasks learned so far."""
-    keys = ("tasks_done", "acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio", "hnet_weights",
+    keys = ("tasks_done", "acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio",
+            "compression_ratio_with_task_embeddings", "hnet_weights",
             "target_weights", "task_embedding_weights", "num_chunks", "train_seconds", "iters_per_second",
             "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer")
     metrics = {k: summary[k] for k in keys if k in summary}

@@ -27,6 +27,7 @@ def test_paper_weight_counts(name, multi_head, target, hnet, task_embs):
     assert (counts.target_weights, counts.hnet_weights, counts.task_embedding_weights) == (target, hnet, task_embs)
     assert built_counts(cfg) == (target, hnet, task_embs)
     assert counts.compression_ratio == pytest.approx(hnet / target)
+    assert counts.compression_ratio_with_task_embeddings == pytest.approx((hnet + task_embs) / target)
 
 
 def test_counts_without_hidden_layers_and_full_hypernetwork():
