@@ -76,7 +76,10 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         except Rejected as exc:
             ratio = "-" if exc.ratio is None else f"{exc.ratio:.4f}"
             status, weights, shown = "rejected", "-", trial.params
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing is trained in a dry run
+        try:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing is trained in a dry run
+        except RuntimeError:  # a used-up GridSampler stops the study, which Optuna allows only inside optimize()
+            pass
         print(f"{i:>4}  {status:<9}{ratio:>12}{weights:>14}  " + " ".join(f"{k}={v}" for k, v in shown.items()))
     print(f"\n{accepted} of {spec.num_samples} drawn configurations lie in the compression range "
           f"[{spec.compression_min}, {spec.compression_max}]; a real sweep redraws rejected ones and trains "
