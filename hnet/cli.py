@@ -111,7 +111,7 @@ def print_accuracy_table(result: dict[str, Any], out=sys.stdout) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .counts import count_weights
+    from .counts import WeightCounts, count_weights
 
     cfg = config_from_args(args)
     counts = count_weights(cfg)
@@ -119,13 +119,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .models import build_models, num_weights
 
         target, hnet = build_models(cfg, "cpu")  # build for real: counts come from the objects
-        built = {"target_weights": num_weights(target),
-                 "hnet_weights": sum(p.numel() for p in hnet.theta().values()),
-                 "task_embedding_weights": sum(p.numel() for p in hnet.task_embs),
-                 "num_chunks": hnet.num_chunks}
-        built["compression_ratio"] = built["hnet_weights"] / built["target_weights"]
-        built["compression_ratio_with_task_embeddings"] = \
-            (built["hnet_weights"] + built["task_embedding_weights"]) / built["target_weights"]
+        built = WeightCounts(target_weights=num_weights(target),
+                             hnet_weights=sum(p.numel() for p in hnet.theta().values()),
+                             task_embedding_weights=sum(p.numel() for p in hnet.task_embs),
+                             num_chunks=hnet.num_chunks).to_dict()
         assert built == counts.to_dict(), (built, counts.to_dict())
         print(json.dumps({**built, "config": cfg.to_dict()}))
         return 0

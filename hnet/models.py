@@ -67,9 +67,10 @@ def target_forward(target: nn.Module, weights: torch.Tensor, x: torch.Tensor, ta
 
 
 @torch.no_grad()
-def dead_unit_fraction(target: MLP, weights: torch.Tensor, x: torch.Tensor) -> float:
-    """Fraction of the target's first-layer units that are not positive for any input of ``x``
-    (dead ReLUs: no gradient reaches their weights)."""
+def dead_unit_fraction(target: MLP, hnet: "ChunkedHypernetwork", embedding: torch.Tensor, x: torch.Tensor) -> float:
+    """Fraction of the target's first-layer units, with the weights generated for ``embedding``,
+    that are not positive for any input of ``x`` (dead ReLUs: no gradient reaches their weights)."""
+    weights = hnet(embedding[None])[0]
     layer = target.layers[0]
     w, b = weights[:layer.weight.numel()], weights[layer.weight.numel():layer.weight.numel() + layer.bias.numel()]
     pre = x @ w.view(layer.weight.shape).T + b
@@ -89,11 +90,12 @@ def fan_in_variances(target: nn.Module, activation: str) -> torch.Tensor:
     """
     params = list(target.parameters())
     last_weight = max(i for i, p in enumerate(params) if p.dim() == 2)
+    hidden_gain2 = activation_gain(activation, 1.0) ** 2
     pieces, fan_in = [], 1
     for i, p in enumerate(params):
         if p.dim() == 2:
             fan_in = p.shape[1]
-            gain2 = 1.0 if i == last_weight else activation_gain(activation, 1.0) ** 2
+            gain2 = 1.0 if i == last_weight else hidden_gain2
             pieces.append(torch.full((p.numel(),), gain2 / fan_in))
         else:
             pieces.append(torch.full((p.numel(),), 1 / (3 * fan_in)))
@@ -175,8 +177,8 @@ class ChunkedHypernetwork(nn.Module):
         shift all target weights of a layer coherently and kill its ReLUs within a few steps.
         """
         second_moment = emb_std**2
+        gain = activation_gain(self.activation, second_moment)  # every hidden layer keeps emb_std²
         for layer in self.layers:
-            gain = activation_gain(self.activation, second_moment)
             nn.init.normal_(layer.weight, std=gain / math.sqrt(layer.in_features))
             nn.init.zeros_(layer.bias)
         nn.init.normal_(self.out.weight, std=1 / math.sqrt(self.out.in_features * second_moment))

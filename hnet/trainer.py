@@ -164,7 +164,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
             for cb in callbacks:
                 cb.on_iteration(task, it, loss_task, loss_reg)
             if task == 0 and it + 1 == min(DEAD_UNITS_AT, cfg.iters):  # the init diagnostic of docs/init.md
-                state["dead_units_first_layer"] = dead_unit_fraction(target, hnet(embedding[None])[0], x)
+                state["dead_units_first_layer"] = dead_unit_fraction(target, hnet, embedding, x)
 
         if not math.isfinite(loss_task.item()):
             raise TrainingDiverged(f"loss is {loss_task.item()} at task {task}")

@@ -44,15 +44,17 @@ def _sweep_dirs(spec: SweepSpec) -> list[Path]:
     return sorted(found, key=lambda d: d.name)
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None, check_for: SweepSpec | None = None) -> None:
+    """Start or attach Ray; with ``check_for``, fail if no node can hold one of its trials."""
     import ray
 
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:  # local: a private Ray instance, dashboard off, loopback only
-        ray.init(include_dashboard=False, log_to_driver=True)
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:  # local: a private Ray instance, dashboard off, loopback only
+            ray.init(include_dashboard=False, log_to_driver=True)
+    if check_for is not None:
+        check_resources(check_for)
 
 
 def check_resources(spec: SweepSpec) -> None:
@@ -93,9 +95,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
             raise SpecError(f"--resume: no unfinished sweep named {spec.name!r} under {storage}")
         sweep_dir = candidates[-1]
         state = _read_state(sweep_dir)
-        init_ray(address)
-        if resource_check:
-            check_resources(spec)
+        init_ray(address, spec if resource_check else None)
         if repair_tune_state(sweep_dir):
             print(f"hnet sweep: Tune's experiment state was cut off when the driver died; "
                   f"restored its last complete copy from {sweep_dir / STATE_BACKUP}", flush=True)
@@ -105,9 +105,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        init_ray(address)
-        if resource_check:  # before anything is written: the MLflow parent run, the sweep folder
-            check_resources(spec)
+        init_ray(address, spec if resource_check else None)  # before the MLflow parent run and sweep folder
         parent_run_id = start_parent_run(spec, sweep_id, storage)
         state = {"name": spec.name, "sweep_id": sweep_id, "parent_run_id": parent_run_id, "source": spec.source,
                  "tracking_uri": spec.tracking_uri, "experiment": spec.experiment, "finished": False}
