@@ -29,7 +29,6 @@ def fig_a7(frame: pd.DataFrame, out_dir: str | Path, experiment: str = "") -> di
     tables = []
     for ax, benchmark in zip(axes[0], benchmarks):
         points = aggregate_seeds(done[done["benchmark"] == benchmark])
-        points.insert(0, "benchmark", benchmark)
         front = pareto_front(points, "acc_after_mean_mean")
         points["pareto"] = front
         tables.append(points)

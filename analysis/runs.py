@@ -8,12 +8,15 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-# Config fields that identify a configuration (everything but the seed and bookkeeping).
-NOT_CONFIG = {"seed", "config_group", "seed_index", "device", "threads", "cuda_graph", "data_root", "eval_batch_size"}
+from hnet.config import TrainConfig
+from sweeps import record
+
+CONFIG_FIELDS = [k for k in TrainConfig.field_names() if k != "seed"]  # identify a configuration across seeds
 
 
 def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with_matrix: bool = False) -> pd.DataFrame:
-    """One row per trial run of ``experiment``: params (``p.*`` plain names), metrics, status.
+    """One row per trial run of ``experiment`` (``TrialRecord.to_row``): ids, status, config
+    fields, metrics.
 
     ``status`` is completed / pruned / failed / running (an interrupted, unfinished trial).
     With ``with_matrix`` an ``acc_matrix`` column holds each trial's accuracy matrix
@@ -23,18 +26,18 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
     if found is None:
         raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri}")
     mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_ids=[found.experiment_id], filter_string="tags.role = 'trial'",
-                              output_format="pandas")
+    runs = mlflow.search_runs(experiment_ids=[found.experiment_id],
+                              filter_string=f"tags.{record.ROLE} = '{record.ROLE_TRIAL}'", output_format="pandas")
     if runs.empty:
         return runs
-    frame = pd.DataFrame({"run_id": runs["run_id"], "trial_id": runs["tags.trial_id"],
-                          "sweep_id": runs["tags.sweep_id"], "benchmark": runs["tags.benchmark"],
-                          "status": runs["tags.trial_status"].fillna("running"), "start_time": runs["start_time"]})
-    for column in runs.columns:
-        if column.startswith("params."):
-            frame[column[len("params."):]] = runs[column]
-        elif column.startswith("metrics."):
-            frame[column[len("metrics."):]] = runs[column]
+    frame = pd.DataFrame({"run_id": runs["run_id"], "trial_id": runs[f"tags.{record.TRIAL_ID}"],
+                          "sweep_id": runs[f"tags.{record.SWEEP_ID}"], "benchmark": runs[f"tags.{record.BENCHMARK}"],
+                          "status": runs[f"tags.{record.STATUS}"].fillna("running"), "start_time": runs["start_time"]})
+    for name in TrainConfig.field_names():
+        frame[name] = runs.get(f"params.{name}")
+    for name in record.RESULT_METRICS:
+        if f"metrics.{name}" in runs:
+            frame[name] = runs[f"metrics.{name}"]
     if with_matrix:
         client = MlflowClient(tracking_uri)
         frame["acc_matrix"] = [accuracy_matrix(client, run_id) for run_id in frame["run_id"]]
@@ -44,8 +47,6 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
 def load_results_files(paths: list[str | Path]) -> pd.DataFrame:
     """Trials from JSON-lines files of trainer results (``bench/gpu_pool.py`` on a machine without
     MLflow), in ``load_trials``' layout with the ``acc_matrix`` column; several files merge."""
-    from hnet.config import TrainConfig
-
     rows = []
     for path in map(Path, paths):
         try:
@@ -53,11 +54,11 @@ def load_results_files(paths: list[str | Path]) -> pd.DataFrame:
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read results file {path}: {str(exc).splitlines()[0]}") from None
         for i, result in enumerate(lines):
-            params = TrainConfig.from_dict(result["config"]).to_flat_params()
-            metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            rows.append({"run_id": None, "trial_id": f"{path.stem}-{i}", "sweep_id": path.stem,
-                         "benchmark": params["benchmark"], "status": "completed", "start_time": len(rows),
-                         **params, **metrics, "acc_matrix": result["acc_matrix"]})
+            trial = record.TrialRecord(
+                trial_id=f"{path.stem}-{i}", sweep_id=path.stem, status="completed",
+                config=TrainConfig.from_dict(result["config"]), start_time=len(rows), acc_matrix=result["acc_matrix"],
+                metrics={k: result[k] for k in record.RESULT_METRICS if k in result})
+            rows.append(trial.to_row())
     return pd.DataFrame(rows)
 
 
@@ -65,7 +66,7 @@ def accuracy_matrix(client: MlflowClient, run_id: str) -> list[list[float]]:
     rows: dict[int, dict[int, float]] = {}
     j = 0
     while True:
-        history = client.get_metric_history(run_id, f"acc_task_{j}")
+        history = client.get_metric_history(run_id, record.acc_task_metric(j))
         if not history:
             break
         for m in history:
@@ -75,10 +76,8 @@ def accuracy_matrix(client: MlflowClient, run_id: str) -> list[list[float]]:
 
 
 def config_columns(frame: pd.DataFrame) -> list[str]:
-    """Param columns that define a configuration (seed excluded)."""
-    metric_like = set(frame.select_dtypes("number").columns)
-    fixed = {"run_id", "trial_id", "sweep_id", "benchmark", "status", "start_time", "acc_matrix"}
-    return [c for c in frame.columns if c not in fixed | metric_like | NOT_CONFIG]
+    """Columns that define a configuration: the experiment fields but the seed."""
+    return [c for c in CONFIG_FIELDS if c in frame.columns]
 
 
 def aggregate_seeds(frame: pd.DataFrame, metrics: tuple[str, ...] = ("acc_after_mean", "acc_during_mean",

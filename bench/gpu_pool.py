@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from hnet.config import TrainConfig
+from hnet.config import Runtime, TrainConfig, split_fields
 from hnet.counts import count_weights
 from sweeps.spec import SweepSpec, load_spec
 
@@ -58,18 +58,12 @@ def spec_configs(spec: SweepSpec) -> list[TrainConfig]:
     return [c.replace(seed=c.seed + s) for s in range(spec.seeds) for c in configs]
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _run(values: dict[str, Any]) -> dict[str, Any]:
+def _run(values: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from hnet.trainer import train
 
-    result = train(TrainConfig.from_dict(values))
+    result = train(TrainConfig.from_dict(values), runtime=Runtime.from_dict(runtime))
     result["device_name"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return result
 
@@ -85,17 +79,18 @@ def main() -> int:
     ap.add_argument("--time-limit", type=float, default=0, help="stop starting trials after this many seconds (0: none)")
     args = ap.parse_args()
     spec = load_spec(args.spec)
-    overrides = dict(item.split("=", 1) for item in args.set)
-    spec.base = spec.base.replace(data_root=args.data_root, device=args.device, **overrides)
-    configs = spec_configs(spec)
+    experiment, runtime = split_fields(dict(item.split("=", 1) for item in args.set))
+    spec.base = spec.base.replace(**experiment)
     cores = len(os.sched_getaffinity(0))
+    runtime = spec.runtime.replace(data_root=args.data_root, device=args.device,
+                                   **{"threads": max(1, cores // args.workers), **runtime}).to_dict()
+    configs = spec_configs(spec)
     print(f"{spec.name}: {len(configs)} trials, {args.workers} at a time", flush=True)
     started = time.perf_counter()
     done = 0
     with open(args.out, "a") as out, cf.ProcessPoolExecutor(
-            args.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-            initargs=(max(1, cores // args.workers),)) as pool:
-        pending = {pool.submit(_run, c.to_dict()) for c in configs[:args.workers]}
+            args.workers, mp_context=mp.get_context("spawn")) as pool:
+        pending = {pool.submit(_run, c.to_dict(), runtime) for c in configs[:args.workers]}
         queue = iter(configs[args.workers:])
         while pending:
             finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
@@ -105,13 +100,13 @@ def main() -> int:
                 out.flush()
                 done += 1
                 elapsed = time.perf_counter() - started
-                print(f"[{done}/{len(configs)} {elapsed:.0f}s] {result['config']['hnet_init']} chunk "
-                      f"{result['config']['chunk_size']} lr {result['config']['lr']} seed {result['config']['seed']}: "
+                print(f"[{done}/{len(configs)} {elapsed:.0f}s] " + " ".join(
+                    f"{k}={result['config'][k]}" for k in [*spec.space, "seed"] if k in result["config"]) + ": "
                       f"acc_after_mean {result['acc_after_mean']:.2f}", flush=True)
                 if not args.time_limit or elapsed < args.time_limit:
                     nxt = next(queue, None)
                     if nxt is not None:
-                        pending.add(pool.submit(_run, nxt.to_dict()))
+                        pending.add(pool.submit(_run, nxt.to_dict(), runtime))
     elapsed = time.perf_counter() - started
     print(f"{done} trials in {elapsed:.0f} s: {done / elapsed * 3600:.0f} trials per hour", flush=True)
     return 0

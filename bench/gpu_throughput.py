@@ -22,7 +22,7 @@ import os
 import time
 from typing import Any
 
-from hnet.config import TrainConfig
+from hnet.config import Runtime, TrainConfig
 from sweeps.spec import load_spec
 
 from gpu_pool import sample_architectures
@@ -49,16 +49,16 @@ def worker(index: int, configs: list[dict], data_root: str, device: str, threads
                 raise _Deadline
 
     # Warm-up outside the window: CUDA context, data on the GPU, cuBLAS handles.
-    runtime = {"data_root": data_root, "device": device, "cuda_graph": cuda_graph}
-    first = TrainConfig.from_dict(configs[0]).replace(**runtime, iters=20, num_tasks=2)
-    train(first, load_benchmark(first, device))
+    runtime = Runtime(data_root=data_root, device=device, threads=threads, cuda_graph=cuda_graph)
+    first = TrainConfig.from_dict(configs[0]).replace(iters=20, num_tasks=2)
+    train(first, load_benchmark(first, device, data_root), runtime=runtime)
     ready.wait()
     start.wait()
     done["iters"] = 0
     for values in configs:
-        cfg = TrainConfig.from_dict(values).replace(**runtime)
+        cfg = TrainConfig.from_dict(values)
         try:
-            train(cfg, load_benchmark(cfg, device), callbacks=[Count()])
+            train(cfg, load_benchmark(cfg, device, data_root), callbacks=[Count()], runtime=runtime)
             done["trials"] += 1
         except _Deadline:
             break

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from hnet.config import preset
+from hnet.config import Runtime, preset, split_fields
 from hnet.data import Benchmark, Split, Task
 from hnet.trainer import Callback, train
 
@@ -93,14 +93,16 @@ class KernelCounter(Callback):
 
 
 def time_preset(name: str, threads: int, iters: int, warmup: int, device: str = "cpu", **changes) -> dict[str, float]:
-    cfg = preset(name).replace(iters=warmup + iters, threads=threads, device=device, **changes)
+    experiment, run = split_fields(changes)
+    cfg = preset(name).replace(iters=warmup + iters, **experiment)
+    runtime = Runtime(threads=threads, device=device, **run)
     timer = IterationTimer(device)
     last = cfg.num_tasks - 1
     callbacks = [timer]
-    if device != "cpu" and not cfg.cuda_graph:  # kernels per step of the last task, after the timed iterations
+    if device != "cpu" and not runtime.cuda_graph:  # kernels per step of the last task, after the timed iterations
         cfg = cfg.replace(iters=warmup + iters + 6)
         callbacks.append(KernelCounter(last, warmup + iters))
-    train(cfg, synthetic_benchmark(cfg, device=device), callbacks=callbacks)
+    train(cfg, synthetic_benchmark(cfg, device=device), callbacks=callbacks, runtime=runtime)
     out = {"first": statistics.median(timer.times[0][warmup:warmup + iters]),
            "last": statistics.median(timer.times[last][warmup:warmup + iters])}
     if len(callbacks) > 1:

@@ -27,8 +27,8 @@ from sweeps.spec import load_spec, parse_spec
 
 def tiny_spec(trials: int, folder: Path):
     return parse_spec({
-        "name": "overhead", "base": {"preset": "split_digits", "num_tasks": 3, "iters": 40, "batch_size": 32,
-                                     "threads": 1},
+        "name": "overhead", "base": {"preset": "split_digits", "num_tasks": 3, "iters": 40, "batch_size": 32},
+        "runtime": {"threads": 1},
         "space": {"beta": [0.001, 0.01, 0.1, 1.0], "chunk_size": [500, 1000, 2000, 4000],
                   "hnet_activation": ["relu", "elu"]},
         "search": {"algorithm": "random", "seed": 0, "max_concurrent": os.cpu_count()}, "num_samples": trials,
@@ -51,7 +51,7 @@ def main() -> None:
         configs = [searcher.suggest(f"t{i}") for i in range(args.trials)]
         started = time.perf_counter()
         for config in configs:
-            train(train_config_of(config))
+            train(train_config_of(config), runtime=spec.runtime)
         plain = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -70,7 +70,8 @@ def main() -> None:
     if args.fig_a7:
         with tempfile.TemporaryDirectory() as tmp:
             spec = load_spec(resolve_spec_path("fig_a7_splitmnist"), {"num_samples": args.fig_a7_trials})
-            spec.base = spec.base.replace(data_root=str(Path(args.fig_a7).resolve()), iters=args.fig_a7_iters, threads=1)
+            spec.base = spec.base.replace(iters=args.fig_a7_iters)
+            spec.runtime = spec.runtime.replace(data_root=str(Path(args.fig_a7).resolve()), threads=1)
             spec.tracking_uri, spec.storage_path = f"sqlite:///{tmp}/mlflow.db", f"{tmp}/ray_results"
             started = time.perf_counter()
             summary = run_sweep(spec)

@@ -1,4 +1,4 @@
-"""`hnet` command line: train one continual-learning run (sweeps, reports and UI plug in here).
+"""`hnet` command line: ``hnet train`` here; ``sweep``, ``report`` and ``ui`` plug in from their packages.
 
 Precedence of settings: built-in defaults < --preset < --config FILE.yaml < explicit flags.
 Errors in the input print one line and exit with status 2, before anything is written.
@@ -6,17 +6,18 @@ Errors in the input print one line and exit with status 2, before anything is wr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import ACTIVATIONS, BENCHMARKS, HNET_INITS, PRESETS, REG_FORMS, TrainConfig, UserError, preset
+from .config import BENCHMARKS, PRESETS, Runtime, TrainConfig, UserError, preset, split_fields
 
 USAGE_ERROR = 2
 
@@ -26,49 +27,25 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-# flag -> config field, for flags that map one-to-one
-_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--benchmark", "benchmark", str, f"one of: {', '.join(BENCHMARKS)}"),
-    ("--num-tasks", "num_tasks", int, "number of tasks learned in sequence"),
-    ("--target-hidden", "target_hidden", str, "target MLP hidden sizes, e.g. 1000,1000"),
-    ("--hnet-hidden", "hnet_hidden", str, "hypernetwork hidden sizes, e.g. 25,25 ('' = none)"),
-    ("--hnet-activation", "hnet_activation", str, f"one of: {', '.join(ACTIVATIONS)}"),
-    ("--chunk-size", "chunk_size", int, "hypernetwork output (chunk) size"),
-    ("--task-emb-dim", "task_emb_dim", int, "task embedding size"),
-    ("--chunk-emb-dim", "chunk_emb_dim", int, "chunk embedding size"),
-    ("--hnet-init", "hnet_init", str, f"hypernetwork initialisation: {', '.join(HNET_INITS)}"),
-    ("--hnet-emb-std", "hnet_emb_std", float, "std of the embeddings at init (0 = the init's own)"),
-    ("--beta", "beta", float, "regularizer strength β of Eq. 2 (0 = fine-tuning baseline)"),
-    ("--reg-subset", "reg_subset", int, "regularize a random subset of at most K earlier tasks (0 = all)"),
-    ("--reg-form", "reg_form", str, f"regularizer computation: {', '.join(REG_FORMS)} (auto: the cheaper)"),
-    ("--lr", "lr", float, "Adam learning rate"),
-    ("--iters", "iters", int, "training iterations per task"),
-    ("--batch-size", "batch_size", int, "mini-batch size"),
-    ("--seed", "seed", int, "random seed (initialisation, batches)"),
-    ("--data-seed", "data_seed", int, "seed of the permutations and validation split"),
-    ("--val-fraction", "val_fraction", float, "fraction of each task's training set held out for validation"),
-    ("--device", "device", str, "auto, cpu or cuda[:N]"),
-    ("--threads", "threads", int, "CPU threads for torch (0 = default)"),
-    ("--data-root", "data_root", str, "dataset folder in torchvision's layout (<root>/MNIST/raw/...)"),
-]
-
-
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per field of TrainConfig and Runtime: name, type, help and choices come from the field."""
     p.add_argument("--preset", help=f"start from a named configuration: {', '.join(PRESETS)}")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields (may name a preset)")
-    for flag, dest, kind, help_ in _FLAGS:
-        p.add_argument(flag, dest=dest, type=kind, default=None, help=help_)
-    p.add_argument("--multi-head", dest="multi_head", action="store_true", default=None,
-                   help="one output head per task (only the current task's head is used)")
-    p.add_argument("--single-head", dest="multi_head", action="store_false", help="one shared output head")
-    p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", default=None,
-                   help="on a GPU, launch the step's kernels one by one instead of replaying a captured graph")
-    p.add_argument("--lookahead", dest="lookahead", action="store_true", default=None,
-                   help="evaluate the regularizer at Θ+ΔΘ (Sec. 2.1; default)")
-    p.add_argument("--no-lookahead", dest="lookahead", action="store_false", help="evaluate it at Θ")
+    for cls, title in ((TrainConfig, "experiment (MLflow params)"), (Runtime, "runtime (how it runs)")):
+        group = p.add_argument_group(title)
+        for f in dataclasses.fields(cls):
+            flag, help_ = "--" + f.name.replace("_", "-"), f.metadata["help"]
+            if f.metadata["choices"]:
+                help_ += f" ({'|'.join(f.metadata['choices'])})"
+            if f.type == "bool":
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                   help=f"{help_} (default {'on' if f.default else 'off'})")
+            else:
+                kind = {"int": int, "float": float}.get(f.type, str)
+                group.add_argument(flag, dest=f.name, type=kind, default=None, help=f"{help_} (default {f.default!r})")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Runtime]:
     """Defaults < preset < config file < explicit flags; validated."""
     values: dict[str, Any] = {}
     file_values: dict[str, Any] = {}
@@ -83,13 +60,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if preset_name:
         values.update(preset(preset_name).to_dict())
     values.update(file_values)
-    values.update({dest: getattr(args, dest) for _, dest, _, _ in _FLAGS if getattr(args, dest) is not None})
-    for dest in ("multi_head", "lookahead", "cuda_graph"):
-        if getattr(args, dest) is not None:
-            values[dest] = getattr(args, dest)
+    fields = TrainConfig.field_names() + Runtime.field_names()
+    values.update({name: getattr(args, name) for name in fields if getattr(args, name) is not None})
     if "num_tasks" not in values and values.get("benchmark") in BENCHMARKS:
         values["num_tasks"] = BENCHMARKS[values["benchmark"]].default_tasks
-    return TrainConfig.from_dict(values).validate()
+    experiment, runtime = split_fields(values)
+    return TrainConfig.from_dict(experiment).validate(), Runtime.from_dict(runtime).validate()
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -113,7 +89,7 @@ def print_accuracy_table(result: dict[str, Any], out=sys.stdout) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .counts import WeightCounts, count_weights
 
-    cfg = config_from_args(args)
+    cfg, runtime = config_from_args(args)
     counts = count_weights(cfg)
     if args.dry_run:
         from .models import build_models, num_weights
@@ -136,17 +112,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not checkpoint.exists():
         raise UserError(f"--resume: no checkpoint at {checkpoint}")
     try:
-        device = resolve_device(cfg.device)
+        device = resolve_device(runtime.device)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     print(f"hnet train: {cfg.benchmark}, {cfg.num_tasks} tasks, target {counts.target_weights:,} weights, "
           f"hnet {counts.hnet_weights:,} (+{counts.task_embedding_weights} task-embedding) weights, "
           f"compression ratio {counts.compression_ratio:.4f}, device {device}", file=sys.stderr)
-    bench = load_benchmark(cfg, device)  # before creating the output folder: missing data writes nothing
+    bench = load_benchmark(cfg, device, runtime.data_root)  # before creating the output folder: missing data writes nothing
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     try:
-        result = train(cfg, bench, callbacks=[ProgressBar()], checkpoint=checkpoint, resume=args.resume)
+        result = train(cfg, bench, callbacks=[ProgressBar()], checkpoint=checkpoint, resume=args.resume,
+                       runtime=runtime)
     except TrainingDiverged as exc:
         raise UserError(str(exc)) from None
     _write_json(out / "results.json", result)
@@ -155,7 +132,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS_GROUP = "hnet.commands"  # entry points: name -> function(subparsers, parser_class) adding that subcommand
+
+
+def _command_in(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """``train`` lives here; ``sweep``, ``report``, ``ui`` are added by their packages (entry points),
+    loaded only when asked for, so the core runs without Ray, MLflow, Optuna or pandas."""
     parser = _Parser(prog="hnet", description="Continual learning with task-conditioned hypernetworks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("train", help="learn a sequence of tasks with one hypernetwork",
@@ -166,31 +152,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="build the models, print weight counts and compression ratio as JSON, train nothing")
     p.set_defaults(func=cmd_train)
-    from analysis.report import add_report_parser
-    from sweeps.cli import add_sweep_parser
-
-    add_sweep_parser(sub, _Parser)
-    add_report_parser(sub, _Parser)
-    p = sub.add_parser("ui", help="start the MLflow UI on a tracking store (bound to 127.0.0.1)")
-    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="backend store (default sqlite:///mlflow.db)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
-    p.add_argument("--port", type=int, default=5000)
-    p.set_defaults(func=cmd_ui)
+    wanted = _command_in(sys.argv[1:] if argv is None else argv)
+    if wanted == "train":
+        return parser
+    for entry in metadata.entry_points(group=COMMANDS_GROUP):
+        if wanted not in (None, entry.name):
+            continue
+        try:
+            entry.load()(sub, _Parser)
+        except ImportError as exc:  # an extra that is not installed: say so when the command is used
+            missing = sub.add_parser(entry.name, help=f"(unavailable: {exc})", add_help=False)
+            missing.add_argument("rest", nargs=argparse.REMAINDER)
+            missing.set_defaults(func=_unavailable(entry.name, exc))
     return parser
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    if args.tracking_uri.startswith(("http://", "https://")):
-        raise UserError(f"{args.tracking_uri} is a tracking server: open it in a browser instead")
-    print(f"MLflow UI for {args.tracking_uri}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
-           "--host", args.host, "--port", str(args.port)]
-    return subprocess.call(cmd)
+def _unavailable(name: str, exc: ImportError):
+    def fail(args: argparse.Namespace) -> int:
+        raise UserError(f"hnet {name} needs packages that are not installed ({exc}); "
+                        f"install them with: pip install 'hnet-sweeps[all]'")
+    return fail
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         return args.func(args)
     except UserError as exc:  # config, data, spec and argument errors
         print(f"hnet: error: {exc}", file=sys.stderr)

@@ -1,15 +1,22 @@
 """Typed, validated run configuration and the paper's presets.
 
-One flat dataclass describes a whole continual-learning run: benchmark, target network,
-hypernetwork, regularizer and optimisation. It is validated before anything expensive
-happens and serialises to flat key/value pairs (MLflow params, JSON, YAML).
+Two dataclasses, every field defined once with its help text (CLI flags and spec sections
+are derived from them):
+
+* ``TrainConfig``: what defines an experiment (benchmark, networks, regularizer,
+  optimisation, seed). Its fields are a run's MLflow params and identify a configuration
+  when seeds are aggregated.
+* ``Runtime``: how a run executes (data folder, device, threads, evaluation batches, which
+  of two equal regularizer computations). It never changes what a result means.
+
+Both are validated before anything expensive happens and serialise to flat key/value pairs.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu")
 SCENARIOS = ("cl1",)  # CL2/CL3 need task inference; the config keeps room for them.
@@ -52,121 +59,147 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 
 
-@dataclass
-class TrainConfig:
-    # benchmark
-    benchmark: str = "split_digits"
-    num_tasks: int = 5
-    scenario: str = "cl1"
-    val_fraction: float = 0.0  # held out of each task's training set for model selection
-    data_seed: int = 42  # fixes the permutations and the validation split across training seeds
-    data_root: str = "data"
-    # target network (fully connected, ReLU as van de Ven & Tolias 2019)
-    target_hidden: tuple[int, ...] = (100, 100)
-    target_activation: str = "relu"
-    multi_head: bool = False  # one output head per task, only the current one used
-    # hypernetwork
-    hnet_hidden: tuple[int, ...] = (25, 25)
-    hnet_activation: str = "elu"
-    chunk_size: int = 2000
-    task_emb_dim: int = 24
-    chunk_emb_dim: int = 8
-    hnet_init: str = "hyperfan"  # hyperfan (chunked hyperfan-in, docs/init.md) | xavier (the authors' code)
-    hnet_emb_std: float = 0.0  # std of task and chunk embeddings at init; 0 = the init's own (xavier 1, hyperfan derived)
-    # output regularizer, Eq. 2
-    beta: float = 0.01
-    lookahead: bool = True
-    reg_subset: int = 0  # at most K random earlier tasks per iteration (App. D); 0 = all
-    reg_form: str = "auto"  # factored | direct (materialises generated weights) | auto: the cheaper one
-    # optimisation
-    lr: float = 1e-3
-    iters: int = 500
-    batch_size: int = 128
-    eval_batch_size: int = 5000
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    cuda_graph: bool = True  # on a GPU, capture the training step once and replay it (hnet/graphs.py)
-    # failure injection for tests of the sweep machinery: loss becomes NaN at this task
-    nan_at_task: int = -1
+def option(default: Any, help: str, choices: Sequence[str] = ()) -> Any:
+    """A config field with its help text and allowed values: the one place a flag is described."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
 
-    # ---- derived helpers -------------------------------------------------------------
+
+class Fields:
+    """(De)serialisation shared by the two config dataclasses: flat dicts in, validated objects out."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_flat_params(self) -> dict[str, str]:
+        """Flat string values (MLflow): lists as comma-separated sizes, '' for none."""
+        return {k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(types))
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**{k: _coerce(k, types[k], v) for k, v in values.items()})
+
+    def replace(self, **changes: Any):
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def _check_choices(self) -> None:
+        for f in dataclasses.fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ConfigError(f"unknown {f.name} {getattr(self, f.name)!r} (choose from {', '.join(allowed)})")
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+@dataclass
+class TrainConfig(Fields):
+    """One continual-learning experiment: everything that decides its result."""
+
+    # benchmark
+    benchmark: str = option("split_digits", "benchmark", BENCHMARKS)
+    num_tasks: int = option(5, "number of tasks learned in sequence")
+    scenario: str = option("cl1", "continual-learning scenario", SCENARIOS)
+    val_fraction: float = option(0.0, "fraction of each task's training set held out for model selection")
+    data_seed: int = option(42, "seed of the permutations and the validation split (fixed across training seeds)")
+    # target network (fully connected, ReLU as van de Ven & Tolias 2019)
+    target_hidden: tuple[int, ...] = option((100, 100), "target MLP hidden sizes, e.g. 1000,1000")
+    target_activation: str = option("relu", "target network activation", ACTIVATIONS)
+    multi_head: bool = option(False, "one output head per task, only the current task's head used")
+    # hypernetwork
+    hnet_hidden: tuple[int, ...] = option((25, 25), "hypernetwork hidden sizes, e.g. 25,25 ('' = none)")
+    hnet_activation: str = option("elu", "hypernetwork activation", ACTIVATIONS)
+    chunk_size: int = option(2000, "target weights generated per hypernetwork call (chunk)")
+    task_emb_dim: int = option(24, "task embedding size")
+    chunk_emb_dim: int = option(8, "chunk embedding size")
+    hnet_init: str = option("hyperfan", "hypernetwork initialisation (docs/init.md; xavier: the authors' code)",
+                            HNET_INITS)
+    hnet_emb_std: float = option(0.0, "std of task and chunk embeddings at init (0 = the init's own)")
+    # output regularizer, Eq. 2
+    beta: float = option(0.01, "regularizer strength β of Eq. 2 (0 = fine-tuning baseline)")
+    lookahead: bool = option(True, "evaluate the regularizer at Θ+ΔΘ, the candidate step (Sec. 2.1)")
+    reg_subset: int = option(0, "regularize a random subset of at most K earlier tasks per step (App. D; 0 = all)")
+    # optimisation
+    lr: float = option(1e-3, "Adam learning rate")
+    iters: int = option(500, "training iterations per task")
+    batch_size: int = option(128, "mini-batch size")
+    seed: int = option(0, "random seed (initialisation, batches)")
+
     @property
     def spec(self) -> BenchmarkSpec:
         return BENCHMARKS[self.benchmark]
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError with a one-line message for anything that cannot run."""
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
-        need(self.benchmark in BENCHMARKS,
-             f"unknown benchmark {self.benchmark!r} (choose from {', '.join(BENCHMARKS)})")
+        self._check_choices()
         spec = self.spec
-        need(self.num_tasks >= 1, f"num_tasks must be >= 1, got {self.num_tasks}")
-        need(spec.max_tasks is None or self.num_tasks <= spec.max_tasks,
-             f"{self.benchmark} has at most {spec.max_tasks} tasks, got {self.num_tasks}")
-        need(self.scenario in SCENARIOS, f"scenario {self.scenario!r} is not supported yet (choose from {', '.join(SCENARIOS)})")
-        need(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _need(self.num_tasks >= 1, f"num_tasks must be >= 1, got {self.num_tasks}")
+        _need(spec.max_tasks is None or self.num_tasks <= spec.max_tasks,
+              f"{self.benchmark} has at most {spec.max_tasks} tasks, got {self.num_tasks}")
+        _need(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("target_hidden", "hnet_hidden"):
             sizes = getattr(self, name)
-            need(all(isinstance(s, int) and s > 0 for s in sizes),
-                 f"{name} sizes must be positive integers, got {list(sizes)}")
-        need(len(self.target_hidden) >= 1, "target_hidden needs at least one layer")
-        for name in ("hnet_activation", "target_activation"):
-            act = getattr(self, name)
-            need(act in ACTIVATIONS, f"unknown {name} {act!r} (choose from {', '.join(ACTIVATIONS)})")
-        for name in ("chunk_size", "task_emb_dim", "chunk_emb_dim", "iters", "batch_size", "eval_batch_size"):
+            _need(all(isinstance(s, int) and s > 0 for s in sizes),
+                  f"{name} sizes must be positive integers, got {list(sizes)}")
+        _need(len(self.target_hidden) >= 1, "target_hidden needs at least one layer")
+        for name in ("chunk_size", "task_emb_dim", "chunk_emb_dim", "iters", "batch_size"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value}")
-        need(math.isfinite(self.beta) and self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.reg_subset >= 0, f"reg_subset must be >= 0 (0 = all earlier tasks), got {self.reg_subset}")
-        need(self.hnet_init in HNET_INITS, f"unknown hnet_init {self.hnet_init!r} (choose from {', '.join(HNET_INITS)})")
-        need(math.isfinite(self.hnet_emb_std) and self.hnet_emb_std >= 0,
-             f"hnet_emb_std must be >= 0 (0 = the init's own), got {self.hnet_emb_std}")
-        need(self.reg_form in REG_FORMS, f"unknown reg_form {self.reg_form!r} (choose from {', '.join(REG_FORMS)})")
-        need(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+            _need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value}")
+        _need(math.isfinite(self.beta) and self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        _need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _need(self.reg_subset >= 0, f"reg_subset must be >= 0 (0 = all earlier tasks), got {self.reg_subset}")
+        _need(math.isfinite(self.hnet_emb_std) and self.hnet_emb_std >= 0,
+              f"hnet_emb_std must be >= 0 (0 = the init's own), got {self.hnet_emb_std}")
         return self
 
-    def resolved_reg_form(self) -> str:
+
+@dataclass
+class Runtime(Fields):
+    """How a run executes; none of it changes what the result means."""
+
+    data_root: str = option("data", "dataset folder in torchvision's layout (<root>/MNIST/raw/...)")
+    device: str = option("auto", "auto, cpu or cuda[:N]")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    cuda_graph: bool = option(True, "on a GPU, capture the training step once and replay it (hnet/graphs.py)")
+    eval_batch_size: int = option(5000, "test inputs per evaluation batch")
+    reg_form: str = option("auto", "how Eq. 2 is computed, equal in exact arithmetic (auto: the cheaper)", REG_FORMS)
+
+    def validate(self) -> "Runtime":
+        self._check_choices()
+        _need(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _need(isinstance(self.eval_batch_size, int) and self.eval_batch_size > 0,
+              f"eval_batch_size must be a positive integer, got {self.eval_batch_size}")
+        _need(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+              f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        return self
+
+    def reg_form_for(self, cfg: TrainConfig) -> str:
         """auto: the factored form costs ~chunks*(2w+1)^2 per earlier task, the direct one
         ~chunks*chunk_size*w; factored wins for few large chunks (the paper's presets),
         direct for many small ones (e.g. chunk size 10 in the Fig. A7 grid)."""
         if self.reg_form != "auto":
             return self.reg_form
-        width = (self.hnet_hidden or (self.task_emb_dim + self.chunk_emb_dim,))[-1]
-        return "factored" if self.chunk_size >= 8 * width else "direct"
-
-    # ---- (de)serialisation -----------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["target_hidden"] = list(self.target_hidden)
-        d["hnet_hidden"] = list(self.hnet_hidden)
-        return d
-
-    def to_flat_params(self) -> dict[str, str]:
-        """Flat string params (MLflow): lists as comma-separated sizes, '' for none."""
-        return {k: (",".join(map(str, v)) if isinstance(v, list) else str(v))
-                for k, v in self.to_dict().items()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-        clean = {k: _coerce(k, v) for k, v in values.items()}
-        return cls(**clean)
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+        width = (cfg.hnet_hidden or (cfg.task_emb_dim + cfg.chunk_emb_dim,))[-1]
+        return "factored" if cfg.chunk_size >= 8 * width else "direct"
 
 
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+def split_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A flat mapping of either kind of field -> (experiment fields, runtime fields); unknown keys raise."""
+    experiment = {k: v for k, v in values.items() if k in TrainConfig.field_names()}
+    runtime = {k: v for k, v in values.items() if k in Runtime.field_names()}
+    unknown = sorted(set(values) - set(experiment) - set(runtime))
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    return experiment, runtime
 
 
 def parse_sizes(value: Any) -> tuple[int, ...]:
@@ -180,10 +213,9 @@ def parse_sizes(value: Any) -> tuple[int, ...]:
         raise ConfigError(f"layer sizes must be comma-separated integers, got {value!r}") from None
 
 
-def _coerce(key: str, value: Any) -> Any:
+def _coerce(key: str, kind: str, value: Any) -> Any:
     """Turn YAML/CLI/MLflow values into the field's type with a one-line error."""
-    kind = _FIELD_TYPES[key]
-    if key in ("target_hidden", "hnet_hidden"):
+    if kind.startswith("tuple"):
         return parse_sizes(value)
     try:
         if kind == "bool":
@@ -237,4 +269,4 @@ def preset(name: str) -> TrainConfig:
     return TrainConfig.from_dict(PRESETS[name])
 
 
-__all__ = ["TrainConfig", "UserError", "ConfigError", "DataError", "BENCHMARKS", "PRESETS", "preset", "parse_sizes"]
+__all__ = ["TrainConfig", "Runtime", "split_fields", "UserError", "ConfigError", "DataError", "BENCHMARKS", "PRESETS", "preset", "parse_sizes"]

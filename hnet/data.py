@@ -145,15 +145,15 @@ def _split_train_val(rows: torch.Tensor, labels: torch.Tensor, val_fraction: flo
     return Split(rows[train], labels[train]), Split(rows[val], labels[val])
 
 
-def load_benchmark(cfg: TrainConfig, device: torch.device | str = "cpu") -> Benchmark:
-    """Build the benchmark of ``cfg`` with all tensors on ``device``.
+def load_benchmark(cfg: TrainConfig, device: torch.device | str = "cpu", data_root: str = "data") -> Benchmark:
+    """Build the benchmark of ``cfg`` from the files under ``data_root``, all tensors on ``device``.
 
     Permuted: task 0 is the plain dataset, task t > 0 a fixed random pixel permutation
     (seeded by ``cfg.data_seed``); MNIST-sized images are zero-padded to 32x32.
     Split: task t holds classes 2t and 2t+1, relabelled 0/1.
     """
     spec = cfg.spec
-    raw = raw_dataset(spec.dataset, cfg.data_root)
+    raw = raw_dataset(spec.dataset, data_root)
     permuted = cfg.benchmark.startswith("permuted")
     scale = 1 / 16 if spec.dataset == "digits" else 1 / 255
     images = {}

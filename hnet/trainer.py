@@ -16,12 +16,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .config import Runtime, TrainConfig
 from .data import Benchmark, load_benchmark
-from .counts import count_weights
 from .graphs import CapturedStep
 from .models import build_models, dead_unit_fraction, target_forward
 from .regularizer import adam_lookahead, output_regularizer, snapshot
+from .results import result_dict
 
 
 DEAD_UNITS_AT = 100  # iteration of the first task at which dead first-layer target units are counted
@@ -57,9 +57,9 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 512 * 2**20)
 
 
-def use_cuda_graph(cfg: TrainConfig, device: torch.device) -> bool:
+def use_cuda_graph(cfg: TrainConfig, runtime: Runtime, device: torch.device) -> bool:
     """Capture the step on GPUs; a random task subset per step (reg_subset) would need its RNG in the graph."""
-    return cfg.cuda_graph and device.type == "cuda" and not 0 < cfg.reg_subset
+    return runtime.cuda_graph and device.type == "cuda" and not 0 < cfg.reg_subset
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,22 +68,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name} requested but CUDA is not available")
     return torch.device(name)
-
-
-def summarize(acc_matrix: list[list[float]]) -> dict[str, Any]:
-    """acc_matrix[i][j]: accuracy (%) on task j after learning task i (j <= i)."""
-    if not acc_matrix:
-        return {}
-    acc_during = [acc_matrix[t][t] for t in range(len(acc_matrix))]
-    acc_after = list(acc_matrix[-1])
-    earlier = range(len(acc_after) - 1)
-    return {
-        "acc_during": acc_during, "acc_after": acc_after,
-        "acc_during_mean": sum(acc_during) / len(acc_during),
-        "acc_after_mean": sum(acc_after) / len(acc_after),
-        # mean drop from right-after-learning to the end, over the tasks learned before the last
-        "forgetting": (sum(acc_during[t] - acc_after[t] for t in earlier) / len(earlier)) if earlier else 0.0,
-    }
 
 
 @torch.no_grad()
@@ -103,25 +87,26 @@ def evaluate(target, hnet, bench: Benchmark, tasks: int, part: str, batch_size: 
 
 
 def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[Callback] = (),
-          checkpoint: str | os.PathLike | None = None, resume: bool = False) -> dict[str, Any]:
+          checkpoint: str | os.PathLike | None = None, resume: bool = False,
+          runtime: Runtime | None = None) -> dict[str, Any]:
     """Learn ``cfg.num_tasks`` tasks in order; return counts, accuracy matrix and timings.
 
     With ``checkpoint`` a file is (atomically) rewritten after every task; with ``resume``
     and an existing file, training continues after the last task it holds.
     """
     cfg.validate()
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    runtime = (runtime or Runtime()).validate()
+    device = resolve_device(runtime.device)
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
     if device.type == "cpu":
         keep_freed_memory()
-    bench = bench or load_benchmark(cfg, device)
+    bench = bench or load_benchmark(cfg, device, runtime.data_root)
     target, hnet = build_models(cfg, device)
     state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": [], "dead_units_first_layer": None}
     if resume and checkpoint and Path(checkpoint).exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        runtime = {k: saved["config"].get(k) for k in ("device", "threads", "cuda_graph")}  # may differ on resume
-        if saved["config"] != cfg.to_dict() | runtime:
+        if saved["config"] != cfg.to_dict():
             raise ValueError(f"checkpoint {checkpoint} was written for a different configuration")
         hnet.load_state_dict(saved["hnet"])
         state = {k: saved[k] for k in state}
@@ -133,17 +118,16 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + task)
         theta = hnet.theta()
         embedding = hnet.task_embs[task]  # earlier embeddings stay frozen: not in the optimizer
-        graphed = use_cuda_graph(cfg, device)
+        graphed = use_cuda_graph(cfg, runtime, device)
         optimizer = torch.optim.Adam([*theta.values(), embedding], lr=cfg.lr, capturable=graphed)
         regularize = cfg.beta > 0 and task > 0
-        reg_targets = snapshot(hnet, task, cfg.resolved_reg_form()) if regularize else None
+        reg_targets = snapshot(hnet, task, runtime.reg_form_for(cfg)) if regularize else None
         batches = bench.train_batches(task, cfg.batch_size, generator)
-        poison = float("nan") if task == cfg.nan_at_task else 1.0
 
         def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             optimizer.zero_grad(set_to_none=True)
             weights = hnet(embedding[None], padded=True)[0]
-            loss_task = F.cross_entropy(target_forward(target, weights, x, task), y) * poison
+            loss_task = F.cross_entropy(target_forward(target, weights, x, task), y)
             loss_task.backward()
             loss_reg = None
             if regularize:
@@ -168,9 +152,9 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
 
         if not math.isfinite(loss_task.item()):
             raise TrainingDiverged(f"loss is {loss_task.item()} at task {task}")
-        state["acc_matrix"].append(evaluate(target, hnet, bench, task + 1, "test", cfg.eval_batch_size))
+        state["acc_matrix"].append(evaluate(target, hnet, bench, task + 1, "test", runtime.eval_batch_size))
         if cfg.val_fraction > 0:
-            state["val_acc_matrix"].append(evaluate(target, hnet, bench, task + 1, "val", cfg.eval_batch_size))
+            state["val_acc_matrix"].append(evaluate(target, hnet, bench, task + 1, "val", runtime.eval_batch_size))
         state["task_seconds"].append(time.perf_counter() - started)
         state["next_task"] = task + 1
         if checkpoint:
@@ -179,28 +163,6 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         for cb in callbacks:
             cb.on_task_end(task, summary, Path(checkpoint) if checkpoint else None)
     return result_dict(cfg, state)
-
-
-def result_dict(cfg: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
-    seconds = sum(state["task_seconds"])
-    tasks_done = state["next_task"]
-    out = {
-        "config": cfg.to_dict(),
-        **count_weights(cfg).to_dict(),
-        "tasks_done": tasks_done,
-        "acc_matrix": state["acc_matrix"],
-        **summarize(state["acc_matrix"]),
-        "task_seconds": state["task_seconds"],
-        "train_seconds": seconds,
-        "iters_per_second": tasks_done * cfg.iters / seconds if seconds > 0 else 0.0,
-    }
-    if state["dead_units_first_layer"] is not None:
-        out["dead_units_first_layer"] = state["dead_units_first_layer"]
-    if state["val_acc_matrix"]:
-        val = summarize(state["val_acc_matrix"])
-        out["val_acc_matrix"] = state["val_acc_matrix"]
-        out["val_acc_after_mean"], out["val_acc_during_mean"] = val["acc_after_mean"], val["acc_during_mean"]
-    return out
 
 
 def _save_checkpoint(path: str | os.PathLike, cfg: TrainConfig, hnet, state: dict[str, Any]) -> None:

@@ -34,13 +34,13 @@ def _load(args: argparse.Namespace) -> SweepSpec:
     if getattr(args, "storage_path", None):
         spec.storage_path = args.storage_path
     if getattr(args, "data_root", None):
-        spec.base = spec.base.replace(data_root=args.data_root)
+        spec.runtime = spec.runtime.replace(data_root=args.data_root)
     if getattr(args, "iters", None):
         spec.base = spec.base.replace(iters=args.iters)
-    if spec.base.data_root and "://" not in spec.base.data_root:  # trials run in other folders
-        spec.base = spec.base.replace(data_root=str(Path(spec.base.data_root).resolve()))
-    if spec.base.threads == 0:  # one torch thread per reserved CPU (no oversubscription)
-        spec.base = spec.base.replace(threads=max(1, math.floor(spec.cpus_per_trial)))
+    if spec.runtime.data_root and "://" not in spec.runtime.data_root:  # trials run in other folders
+        spec.runtime = spec.runtime.replace(data_root=str(Path(spec.runtime.data_root).resolve()))
+    if spec.runtime.threads == 0:  # one torch thread per reserved CPU (no oversubscription)
+        spec.runtime = spec.runtime.replace(threads=max(1, math.floor(spec.cpus_per_trial)))
     from .search import check_feasible  # imports Ray and Optuna: only once the spec is valid
 
     grid_size = check_feasible(spec)
@@ -118,7 +118,7 @@ def add_sweep_parser(sub: argparse._SubParsersAction, parser_class) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("spec", help=f"sweep spec: a YAML path or a shipped name ({', '.join(shipped_specs())})")
     common.add_argument("--num-samples", type=int, help="configurations to train (overrides the spec)")
-    common.add_argument("--data-root", help="dataset folder (overrides the spec's base.data_root)")
+    common.add_argument("--data-root", help="dataset folder (overrides the spec's runtime.data_root)")
     common.add_argument("--iters", type=int, help="training iterations per task (overrides the spec)")
     run = actions.add_parser("run", parents=[common], help="run a sweep (local Ray, or a cluster with --address)")
     run.add_argument("--address", help="Ray cluster address (e.g. 127.0.0.1:6379 or auto); default: local Ray")

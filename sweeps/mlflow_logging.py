@@ -22,14 +22,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from hnet.trainer import summarize
+from hnet.results import summarize
 
+from . import record
+from .record import RESULT_METRICS, SUMMARY_METRICS
+from .search import train_config_of
 from .spec import SweepSpec
-
-SUMMARY_KEYS = ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio",
-                "compression_ratio_with_task_embeddings", "hnet_weights",
-                "target_weights", "task_embedding_weights", "num_chunks", "train_seconds", "iters_per_second",
-                "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer")
 
 
 def code_version() -> dict[str, str]:
@@ -47,23 +45,26 @@ def code_version() -> dict[str, str]:
 
 def get_experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    # MLflow 3 opens experiments of this kind on their runs, not on the GenAI (traces) view
+    return experiment.experiment_id if experiment else client.create_experiment(
+        name, tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
     """Create the sweep's parent run; returns its id."""
     client = MlflowClient(spec.tracking_uri)
     experiment_id = get_experiment_id(client, spec.experiment)
-    tags = {"mlflow.runName": sweep_id, "sweep_id": sweep_id, "sweep_name": spec.name, "role": "sweep",
-            "benchmark": spec.base.benchmark, "scenario": spec.base.scenario, "search_space": spec.source or spec.name,
-            "search_algorithm": spec.algorithm, "storage_path": storage, **code_version()}
+    tags = {"mlflow.runName": sweep_id, record.SWEEP_ID: sweep_id, record.SWEEP_NAME: spec.name,
+            record.ROLE: record.ROLE_SWEEP, record.BENCHMARK: spec.base.benchmark, record.SCENARIO: spec.base.scenario,
+            record.SEARCH_SPACE: spec.source or spec.name, "search_algorithm": spec.algorithm, "storage_path": storage,
+            **{f"runtime.{k}": v for k, v in spec.runtime.to_flat_params().items()}, **code_version()}
     run = client.create_run(experiment_id, tags=tags, run_name=sweep_id)
     client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in spec.to_flat_params().items()])
     return run.info.run_id
 
 
-def finish_parent_run(spec: SweepSpec, parent_run_id: str, stats: dict[str, float]) -> None:
-    client = MlflowClient(spec.tracking_uri)
+def finish_parent_run(tracking_uri: str, parent_run_id: str, stats: dict[str, float]) -> None:
+    client = MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in stats.items()])
     client.set_terminated(parent_run_id, "FINISHED")
@@ -82,10 +83,9 @@ class MLflowTrialLogger(tune.Callback):
     def __init__(self, spec: SweepSpec, parent_run_id: str, sweep_id: str) -> None:
         self.tracking_uri, self.experiment = spec.tracking_uri, spec.experiment
         self.num_tasks = spec.base.num_tasks
-        self.base_tags = {"benchmark": spec.base.benchmark, "scenario": spec.base.scenario,
-                          "search_space": spec.source or spec.name, "sweep_id": sweep_id, "role": "trial",
-                          "mlflow.parentRunId": parent_run_id, **code_version()}
-        self.parent_run_id = parent_run_id
+        self.search_space = spec.source or spec.name
+        self.sweep_id, self.parent_run_id = sweep_id, parent_run_id
+        self.version = code_version()
         self._client = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._last_step: dict[str, int] = {}  # trial_id -> last task index logged
@@ -106,20 +106,20 @@ class MLflowTrialLogger(tune.Callback):
         experiment_id = get_experiment_id(self.client, self.experiment)
         found = self.client.search_runs(
             [experiment_id], max_results=1,
-            filter_string=f"tags.trial_id = '{trial.trial_id}' and tags.sweep_id = '{self.base_tags['sweep_id']}'")
+            filter_string=f"tags.{record.TRIAL_ID} = '{trial.trial_id}' and tags.{record.SWEEP_ID} = '{self.sweep_id}'")
         if found:
             run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, "acc_after_mean")
+            history = self.client.get_metric_history(run_id, SUMMARY_METRICS[0])
             self._last_step[trial.trial_id] = max((m.step for m in history), default=-1)
             if found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         else:
-            config = trial.config
-            tags = {**self.base_tags, "trial_id": trial.trial_id, "config_group": str(config.get("config_group")),
-                    "seed_index": str(config.get("seed_index")), "mlflow.runName": trial.trial_id}
-            run_id = self.client.create_run(experiment_id, tags=tags, run_name=trial.trial_id).info.run_id
-            params = [Param(k, str(v)) for k, v in config.items()]
-            self.client.log_batch(run_id, params=params)
+            config = train_config_of(trial.config)
+            tags = record.trial_tags(trial.trial_id, self.sweep_id, self.parent_run_id, config, self.search_space,
+                                     trial.config.get(record.CONFIG_GROUP), trial.config.get(record.SEED_INDEX))
+            run_id = self.client.create_run(experiment_id, tags={**tags, **self.version},
+                                            run_name=trial.trial_id).info.run_id
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in config.to_flat_params().items()])
             self._last_step[trial.trial_id] = -1
         self._runs[trial.trial_id] = run_id
         return run_id
@@ -132,19 +132,16 @@ class MLflowTrialLogger(tune.Callback):
             return  # already logged before a restart
         now = int(time.time() * 1000)
         matrix = result["acc_matrix"]
-        metrics = [Metric(k, float(result[k]), now, step) for k in SUMMARY_KEYS if k in result]
+        metrics = [Metric(k, float(result[k]), now, step) for k in RESULT_METRICS if k in result]
         # Tasks a killed driver never saw reported (the trial resumed after them): their accuracy
         # rows are in the matrix, so every step is logged exactly once.
         for s in range(first, step + 1):
-            metrics += [Metric(f"acc_task_{j}", float(a), now, s) for j, a in enumerate(matrix[s])]
+            metrics += [Metric(record.acc_task_metric(j), float(a), now, s) for j, a in enumerate(matrix[s])]
             if s < step:
                 summary = summarize(matrix[:s + 1])
-                metrics += [Metric(k, float(summary[k]), now, s) for k in ("acc_after_mean", "acc_during_mean",
-                                                                           "forgetting")]
+                metrics += [Metric(k, float(summary[k]), now, s) for k in SUMMARY_METRICS]
         # where the trial ran (its latest node, after a retry elsewhere)
-        tags = [RunTag(k, str(result[key])) for k, key in (("ray_node_id", "node_id"), ("hostname", "hostname"),
-                                                           ("device", "device"), ("gpu_ids", "gpu_ids"))
-                if key in result]
+        tags = [RunTag(tag, str(result[key])) for tag, key in record.WHERE.items() if key in result]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self._last_step[trial.trial_id] = step
 
@@ -152,16 +149,16 @@ class MLflowTrialLogger(tune.Callback):
         run_id = self.run_id(trial)
         result = trial.last_result or {}
         if "acc_matrix" in result:
-            payload = {k: v for k, v in result.items() if k in SUMMARY_KEYS or k in ("acc_matrix", "tasks_done")}
-            payload["config"] = trial.config
-            self.client.log_text(run_id, json.dumps(payload, indent=2), "results.json")
-            self.client.log_text(run_id, accuracy_matrix_csv(result["acc_matrix"]), "acc_matrix.csv")
+            payload = {k: v for k, v in result.items() if k in RESULT_METRICS or k in ("acc_matrix", "tasks_done")}
+            payload["config"] = train_config_of(trial.config).to_dict()
+            self.client.log_text(run_id, json.dumps(payload, indent=2), record.RESULTS_ARTIFACT)
+            self.client.log_text(run_id, accuracy_matrix_csv(result["acc_matrix"]), record.MATRIX_ARTIFACT)
         pruned = result.get("tasks_done", 0) < self.num_tasks
-        self.client.set_tag(run_id, "trial_status", "pruned" if pruned else "completed")
+        self.client.set_tag(run_id, record.STATUS, "pruned" if pruned else "completed")
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)
         error = getattr(trial, "error_file", None)
-        self.client.log_batch(run_id, tags=[RunTag("trial_status", "failed"), RunTag("error_file", str(error))])
+        self.client.log_batch(run_id, tags=[RunTag(record.STATUS, "failed"), RunTag(record.ERROR_FILE, str(error))])
         self.client.set_terminated(run_id, "FAILED")

@@ -14,12 +14,13 @@ from typing import Any
 
 from .spec import SpecError, SweepSpec
 
-STATE_FILE = "hnet_sweep.json"
+STATE_FILE = "hnet_sweep.json"  # name, sweep_id, parent_run_id, tracking_uri, finished: all read on resume
 SEARCH_STATS = "search_stats.json"  # architectures drawn / rejected by the compression filter
-
-# Tune warns on every checkpoint of short trials; a sweep checkpoints at every task by design.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table: trial status and our metrics
+TUNE_ENV = {
+    # Tune warns on every checkpoint of short trials; a sweep checkpoints at every task by design.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # the classic table: trial status and our metrics
+}
 
 
 def trial_dirname(trial) -> str:
@@ -33,6 +34,12 @@ def _storage_root(spec: SweepSpec) -> str:
 
 def _read_state(sweep_dir: Path) -> dict[str, Any]:
     return json.loads((sweep_dir / STATE_FILE).read_text())
+
+
+def _write_state(sweep_dir: Path, state: dict[str, Any]) -> None:
+    tmp = sweep_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, sweep_dir / STATE_FILE)
 
 
 def _sweep_dirs(spec: SweepSpec) -> list[Path]:
@@ -77,63 +84,107 @@ def check_resources(spec: SweepSpec) -> None:
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
               resource_check: bool = True) -> dict[str, Any]:
     """Run (or resume) a sweep to the end; returns a summary with the best trials."""
+    started = time.time()
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+    found = find_unfinished(spec) if resume else None  # before Ray starts: a wrong --resume fails at once
+    init_ray(address, spec if resource_check else None)  # before anything is written
+    if found:
+        sweep_dir, state = found
+        tuner = restore_tuner(spec, sweep_dir)
+    else:
+        sweep_dir, state = create_sweep(spec)
+        tuner = build_tuner(spec, sweep_dir, state)
+    results = tuner.fit()
+    return finalise(spec, sweep_dir, state, results, started)
+
+
+def _trainable(spec: SweepSpec):
+    from ray import tune
+
+    from .trainable import run_trial
+
+    return tune.with_resources(tune.with_parameters(run_trial, runtime=spec.runtime.to_dict()),
+                               {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+
+
+def find_unfinished(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
+    """The newest unfinished sweep of this spec in its storage, and its state."""
+    candidates = [d for d in _sweep_dirs(spec) if not _read_state(d).get("finished")]
+    if not candidates:
+        raise SpecError(f"--resume: no unfinished sweep named {spec.name!r} under {_storage_root(spec)}")
+    state = _read_state(candidates[-1])
+    if state["tracking_uri"] != spec.tracking_uri:
+        raise SpecError(f"--resume: the sweep records to {state['tracking_uri']}, not {spec.tracking_uri}: "
+                        f"resume it with --tracking-uri {state['tracking_uri']}")
+    return candidates[-1], state
+
+
+def restore_tuner(spec: SweepSpec, sweep_dir: Path):
+    from ray import tune
+
+    from .tune_state import STATE_BACKUP, repair_tune_state
+
+    if repair_tune_state(sweep_dir):
+        print(f"hnet sweep: Tune's experiment state was cut off when the driver died; "
+              f"restored its last complete copy from {sweep_dir / STATE_BACKUP}", flush=True)
+    if not tune.Tuner.can_restore(str(sweep_dir)):
+        raise SpecError(f"--resume: {sweep_dir} holds no restorable Tune experiment")
+    print(f"hnet sweep: resuming {sweep_dir}", flush=True)
+    return tune.Tuner.restore(str(sweep_dir), trainable=_trainable(spec), resume_unfinished=True, resume_errored=True)
+
+
+def create_sweep(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
+    """The MLflow parent run and the sweep folder with its state file."""
+    from .mlflow_logging import start_parent_run
+
+    sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent_run_id = start_parent_run(spec, sweep_id, _storage_root(spec))
+    state = {"name": spec.name, "sweep_id": sweep_id, "parent_run_id": parent_run_id,
+             "tracking_uri": spec.tracking_uri, "finished": False}
+    sweep_dir = Path(_storage_root(spec)) / sweep_id
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _write_state(sweep_dir, state)
+    return sweep_dir, state
+
+
+def build_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from .mlflow_logging import MLflowTrialLogger, finish_parent_run, start_parent_run
+    from .mlflow_logging import MLflowTrialLogger
     from .search import SweepSearcher
-    from .trainable import run_trial
-    from .tune_state import STATE_BACKUP, ExperimentStateBackup, repair_tune_state
+    from .tune_state import ExperimentStateBackup
 
-    storage = _storage_root(spec)
-    started = time.time()
-    trainable = tune.with_resources(run_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
-    if resume:
-        candidates = [d for d in _sweep_dirs(spec) if not _read_state(d).get("finished")]
-        if not candidates:
-            raise SpecError(f"--resume: no unfinished sweep named {spec.name!r} under {storage}")
-        sweep_dir = candidates[-1]
-        state = _read_state(sweep_dir)
-        init_ray(address, spec if resource_check else None)
-        if repair_tune_state(sweep_dir):
-            print(f"hnet sweep: Tune's experiment state was cut off when the driver died; "
-                  f"restored its last complete copy from {sweep_dir / STATE_BACKUP}", flush=True)
-        if not tune.Tuner.can_restore(str(sweep_dir)):
-            raise SpecError(f"--resume: {sweep_dir} holds no restorable Tune experiment")
-        print(f"hnet sweep: resuming {sweep_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        init_ray(address, spec if resource_check else None)  # before the MLflow parent run and sweep folder
-        parent_run_id = start_parent_run(spec, sweep_id, storage)
-        state = {"name": spec.name, "sweep_id": sweep_id, "parent_run_id": parent_run_id, "source": spec.source,
-                 "tracking_uri": spec.tracking_uri, "experiment": spec.experiment, "finished": False}
-        sweep_dir = Path(storage) / sweep_id
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        searcher = ConcurrencyLimiter(SweepSearcher(spec, stats_file=str(sweep_dir / SEARCH_STATS)),
-                                      max_concurrent=spec.max_concurrent)
-        scheduler = None
-        if spec.scheduler == "asha":
-            scheduler = ASHAScheduler(time_attr="tasks_done", metric=spec.metric, mode=spec.mode,
-                                      max_t=spec.base.num_tasks, grace_period=spec.asha_grace_tasks,
-                                      reduction_factor=spec.asha_reduction_factor)
-        searched = [k for k in spec.space if k != "hnet_hidden"] + ["hnet_hidden"] * ("hnet_hidden" in spec.space)
-        reporter = tune.CLIReporter(
-            metric_columns={"tasks_done": "tasks", "acc_after_mean": "acc_after", "compression_ratio": "compression"},
-            parameter_columns=searched + ["seed"], max_report_frequency=15, sort_by_metric=False)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials,
-                                        trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=sweep_id, storage_path=storage, progress_reporter=reporter, verbose=1,
-                callbacks=[MLflowTrialLogger(spec, parent_run_id, sweep_id), ExperimentStateBackup()],
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-        (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    searcher = ConcurrencyLimiter(SweepSearcher(spec, stats_file=str(sweep_dir / SEARCH_STATS)),
+                                  max_concurrent=spec.max_concurrent)
+    scheduler = None
+    if spec.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="tasks_done", metric=spec.metric, mode=spec.mode,
+                                  max_t=spec.base.num_tasks, grace_period=spec.asha_grace_tasks,
+                                  reduction_factor=spec.asha_reduction_factor)
+    searched = [k for k in spec.space if k != "hnet_hidden"] + ["hnet_hidden"] * ("hnet_hidden" in spec.space)
+    reporter = tune.CLIReporter(
+        metric_columns={"tasks_done": "tasks", "acc_after_mean": "acc_after", "compression_ratio": "compression"},
+        parameter_columns=searched + ["seed"], max_report_frequency=15, sort_by_metric=False)
+    return tune.Tuner(
+        _trainable(spec),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=state["sweep_id"], storage_path=_storage_root(spec), progress_reporter=reporter, verbose=1,
+            callbacks=[MLflowTrialLogger(spec, state["parent_run_id"], state["sweep_id"]), ExperimentStateBackup()],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
 
-    results = tuner.fit()
+
+def finalise(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any], results, started: float) -> dict[str, Any]:
+    """Counts, the parent run closed when every trial ended, the best trials."""
+    from ray import tune
+
+    from .mlflow_logging import finish_parent_run
+
     frame = results.get_dataframe()
     errors = len(results.errors)
     done = int((frame["tasks_done"] == spec.base.num_tasks).sum()) if "tasks_done" in frame else 0
@@ -145,9 +196,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     # terminated; the persisted experiment state keeps them PENDING/RUNNING, so ask it.
     statuses = [t.status for t in tune.ExperimentAnalysis(results.experiment_path).trials]
     if len(statuses) >= spec.num_trials and all(s in ("TERMINATED", "ERROR") for s in statuses):
-        finish_parent_run(spec, state["parent_run_id"], stats)
+        finish_parent_run(state["tracking_uri"], state["parent_run_id"], stats)
         state["finished"] = True
-        (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        _write_state(sweep_dir, state)
     best = []  # among trials that learned every task
     completed = frame[frame["tasks_done"] == spec.base.num_tasks] if "tasks_done" in frame else frame.iloc[:0]
     if len(completed) and spec.metric in completed:

@@ -167,6 +167,12 @@ class SweepSearcher(Searcher):
         self.stats = {"architectures_drawn": 0, "architectures_rejected": 0, "duplicates_skipped": 0}
         self.stats_file = stats_file
 
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study of this search: one trial per configuration (rejected draws as FAIL),
+        told the mean over its seeds. Ray's OptunaSearch keeps it private; this is the one place it is read."""
+        return self.inner._ot_study
+
     # Tune calls these ---------------------------------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # metric/mode come from the sweep spec

@@ -1,8 +1,9 @@
 """Sweep specifications: YAML, validated before Ray starts.
 
-A spec names fixed training settings (``base``, any TrainConfig field, may name a preset),
-a search space over TrainConfig fields, the search algorithm and everything the run needs
-(samples, seeds, resources, scheduler, MLflow, storage). See sweeps/configs/*.yaml.
+A spec names the fixed experiment settings (``base``: TrainConfig fields, may name a preset),
+how trials run (``runtime``: Runtime fields such as data_root), a search space over TrainConfig
+fields, the search algorithm and everything the run needs (samples, seeds, resources,
+scheduler, MLflow, storage). See sweeps/configs/*.yaml.
 
 Search-space entries (field -> spec):
     [a, b, c]                          categorical choice
@@ -15,21 +16,27 @@ Search-space entries (field -> spec):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hnet.config import ConfigError, TrainConfig, UserError, preset
+from hnet.config import ConfigError, Runtime, TrainConfig, UserError, preset
 from hnet.counts import count_weights
 
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
 SCHEDULERS = ("none", "asha")
+METRICS = ("acc_after_mean", "acc_during_mean", "val_acc_after_mean", "forgetting")  # what a search may optimise
 
 
 class SpecError(UserError, ValueError):
     """An invalid sweep spec; the message is one line."""
+
+
+def at(where: str, default: Any) -> Any:
+    """A spec field and where it is written in the YAML file ('search.seed': key seed of section search)."""
+    return field(default=default, metadata={"yaml": where})
 
 
 @dataclass
@@ -37,25 +44,26 @@ class SweepSpec:
     name: str
     base: TrainConfig
     space: dict[str, Any]
-    algorithm: str = "tpe"
-    metric: str = "acc_after_mean"
-    mode: str = "max"
-    num_samples: int = 8  # configurations to train (each with `seeds` seeds)
-    seeds: int = 1
-    search_seed: int = 0
-    max_concurrent: int = 2
-    compression_min: float = 0.0
-    compression_max: float = math.inf
-    max_rejections: int = 2_000  # draws in a row outside the compression range (or repeats) before giving up
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    scheduler: str = "none"
-    asha_grace_tasks: int = 1
-    asha_reduction_factor: int = 2
-    max_failures: int = 1  # retries of a failed trial (from its last finished task)
-    experiment: str = ""  # MLflow experiment (default: the sweep name)
-    tracking_uri: str = "sqlite:///mlflow.db"
-    storage_path: str = "ray_results"
+    runtime: Runtime = field(default_factory=Runtime)
+    algorithm: str = at("search.algorithm", "tpe")
+    metric: str = at("search.metric", "acc_after_mean")
+    mode: str = at("search.mode", "max")
+    num_samples: int = at("num_samples", 8)  # configurations to train (each with `seeds` seeds)
+    seeds: int = at("seeds", 1)
+    search_seed: int = at("search.seed", 0)
+    max_concurrent: int = at("search.max_concurrent", 2)
+    compression_min: float = at("compression.min", 0.0)
+    compression_max: float = at("compression.max", math.inf)
+    max_rejections: int = at("compression.max_rejections", 2_000)  # draws in a row outside the range (or repeats)
+    cpus_per_trial: float = at("resources.cpu", 1.0)
+    gpus_per_trial: float = at("resources.gpu", 0.0)
+    scheduler: str = at("scheduler.type", "none")
+    asha_grace_tasks: int = at("scheduler.grace_tasks", 1)
+    asha_reduction_factor: int = at("scheduler.reduction_factor", 2)
+    max_failures: int = at("max_failures", 1)  # retries of a failed trial (from its last finished task)
+    experiment: str = at("mlflow.experiment", "")  # MLflow experiment (default: the sweep name)
+    tracking_uri: str = at("mlflow.tracking_uri", "sqlite:///mlflow.db")
+    storage_path: str = at("storage_path", "ray_results")
     source: str = ""  # the YAML file it came from
 
     @property
@@ -70,16 +78,17 @@ class SweepSpec:
         return self.num_samples * self.seeds
 
     def to_flat_params(self) -> dict[str, str]:
-        """Sweep-level MLflow params of the parent run."""
-        out = {f"sweep.{k}": str(v) for k, v in self.__dict__.items()
-               if k not in ("base", "space")}
+        """Sweep-level MLflow params of the parent run (the runtime is not a param)."""
+        out = {f"sweep.{f.name}": str(getattr(self, f.name)) for f in fields(self)
+               if f.name not in ("base", "space", "runtime")}
         out.update({f"space.{k}": str(v) for k, v in self.space.items()})
         out.update({f"base.{k}": v for k, v in self.base.to_flat_params().items()})
         return out
 
 
-_TOP_KEYS = {"name", "base", "space", "search", "num_samples", "seeds", "compression", "resources",
-             "scheduler", "mlflow", "storage_path", "max_failures"}
+_YAML_FIELDS = {f.metadata["yaml"]: f for f in fields(SweepSpec) if "yaml" in f.metadata}
+_SECTIONS = {where.split(".")[0] for where in _YAML_FIELDS if "." in where}
+_TOP_KEYS = {"name", "base", "space", "runtime"} | {where.split(".")[0] for where in _YAML_FIELDS}
 
 
 def _check_keys(section: str, values: dict, allowed: set[str]) -> None:
@@ -112,53 +121,38 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
 
 def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
     _check_keys("spec", raw, _TOP_KEYS)
+    base_values = dict(_mapping(raw.get("base"), "base"))
+    misplaced = sorted(set(base_values) & set(Runtime.field_names()))
+    if misplaced:
+        raise SpecError(f"base: {', '.join(misplaced)} describe(s) how trials run, not the experiment: "
+                        f"put them under runtime:")
     try:
-        base_values = dict(_mapping(raw.get("base"), "base"))
         name = base_values.pop("preset", None)
         base = TrainConfig.from_dict({**(preset(name).to_dict() if name else {}), **base_values}).validate()
     except ConfigError as exc:
         raise SpecError(f"base: {exc}") from None
-
-    search = _mapping(raw.get("search"), "search")
-    _check_keys("search", search, {"algorithm", "metric", "mode", "seed", "max_concurrent"})
-    compression = _mapping(raw.get("compression"), "compression")
-    _check_keys("compression", compression, {"min", "max", "max_rejections"})
-    resources = _mapping(raw.get("resources"), "resources")
-    _check_keys("resources", resources, {"cpu", "gpu"})
-    scheduler = raw.get("scheduler", "none")
-    scheduler = {"type": scheduler} if isinstance(scheduler, str) else _mapping(scheduler, "scheduler")
-    _check_keys("scheduler", scheduler, {"type", "grace_tasks", "reduction_factor"})
-    mlflow = _mapping(raw.get("mlflow"), "mlflow")
-    _check_keys("mlflow", mlflow, {"experiment", "tracking_uri"})
-
     try:
-        spec = SweepSpec(
-            name=str(raw.get("name") or Path(source).stem or "sweep"),
-            base=base,
-            space=dict(_mapping(raw.get("space"), "space")),
-            algorithm=str(search.get("algorithm", "tpe")),
-            metric=str(search.get("metric", "acc_after_mean")),
-            mode=str(search.get("mode", "max")),
-            num_samples=int(raw.get("num_samples", 8)),
-            seeds=int(raw.get("seeds", 1)),
-            search_seed=int(search.get("seed", 0)),
-            max_concurrent=int(search.get("max_concurrent", 2)),
-            compression_min=float(compression.get("min", 0.0)),
-            compression_max=float(compression.get("max", math.inf)),
-            max_rejections=int(compression.get("max_rejections", 2_000)),
-            cpus_per_trial=float(resources.get("cpu", 1)),
-            gpus_per_trial=float(resources.get("gpu", 0)),
-            scheduler=str(scheduler.get("type", "none")),
-            asha_grace_tasks=int(scheduler.get("grace_tasks", 1)),
-            asha_reduction_factor=int(scheduler.get("reduction_factor", 2)),
-            max_failures=int(raw.get("max_failures", 1)),
-            experiment=str(mlflow.get("experiment") or ""),
-            tracking_uri=str(mlflow.get("tracking_uri", "sqlite:///mlflow.db")),
-            storage_path=str(raw.get("storage_path", "ray_results")),
-            source=source,
-        )
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"invalid value in spec: {exc}") from None
+        runtime = Runtime.from_dict(_mapping(raw.get("runtime"), "runtime")).validate()
+    except ConfigError as exc:
+        raise SpecError(f"runtime: {exc}") from None
+
+    sections = {"": raw}
+    for section in _SECTIONS:
+        value = raw.get(section)
+        if section == "scheduler" and isinstance(value, str):
+            value = {"type": value}  # `scheduler: asha` is short for `scheduler: {type: asha}`
+        sections[section] = _mapping(value, section)
+        _check_keys(section, sections[section], {w.split(".")[1] for w in _YAML_FIELDS if w.startswith(section + ".")})
+    values = {}
+    for where, f in _YAML_FIELDS.items():
+        section, key = where.split(".") if "." in where else ("", where)
+        if key in sections[section]:
+            try:
+                values[f.name] = {"int": int, "float": float, "str": str}[f.type](sections[section][key])
+            except (TypeError, ValueError):
+                raise SpecError(f"{where} must be of type {f.type}, got {sections[section][key]!r}") from None
+    spec = SweepSpec(name=str(raw.get("name") or Path(source).stem or "sweep"), base=base,
+                     space=dict(_mapping(raw.get("space"), "space")), runtime=runtime, source=source, **values)
     spec.experiment = spec.experiment or spec.name
     validate(spec)
     return spec
@@ -171,8 +165,7 @@ def validate(spec: SweepSpec) -> None:
 
     need(spec.algorithm in ALGORITHMS, f"search.algorithm must be one of {', '.join(ALGORITHMS)}, got {spec.algorithm!r}")
     need(spec.mode in ("max", "min"), f"search.mode must be max or min, got {spec.mode!r}")
-    need(spec.metric in ("acc_after_mean", "acc_during_mean", "val_acc_after_mean", "forgetting"),
-         f"search.metric {spec.metric!r} is not reported (acc_after_mean, acc_during_mean, val_acc_after_mean, forgetting)")
+    need(spec.metric in METRICS, f"search.metric {spec.metric!r} is not reported ({', '.join(METRICS)})")
     need(spec.metric != "val_acc_after_mean" or spec.base.val_fraction > 0,
          "search.metric val_acc_after_mean needs base.val_fraction > 0")
     need(spec.num_samples >= 1, f"num_samples must be >= 1, got {spec.num_samples}")

@@ -15,8 +15,9 @@ import ray
 import torch
 from ray import tune
 
-from hnet.config import TrainConfig
+from hnet.config import Runtime, TrainConfig
 from hnet.data import load_benchmark
+from hnet.results import RESULT_METRICS
 from hnet.trainer import Callback, resolve_device, train
 
 from .search import train_config_of
@@ -24,11 +25,7 @@ from .search import train_config_of
 
 def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """Tune metrics after a task: running means over the tasks learned so far."""
-    keys = ("tasks_done", "acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio",
-            "compression_ratio_with_task_embeddings", "hnet_weights",
-            "target_weights", "task_embedding_weights", "num_chunks", "train_seconds", "iters_per_second",
-            "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer")
-    metrics = {k: summary[k] for k in keys if k in summary}
+    metrics = {k: summary[k] for k in ("tasks_done", *RESULT_METRICS) if k in summary}
     metrics["acc_matrix"] = summary["acc_matrix"]  # small (tasks x tasks); the MLflow logger needs it
     return metrics
 
@@ -43,7 +40,7 @@ class TuneReporter(Callback):
             tune.report(trial_metrics(summary) | self.placement, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def placement(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
+def placement(runtime: Runtime) -> tuple[Runtime, dict[str, str]]:
     """The trial's device and CPU threads from what Ray assigned it.
 
     Ray exposes only the assigned GPUs (CUDA_VISIBLE_DEVICES), so ``auto`` picks the first of
@@ -53,14 +50,14 @@ def placement(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
     context = ray.get_runtime_context()
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
     cpus = context.get_assigned_resources().get("CPU", 1.0)
-    if cfg.threads == 0:
-        cfg = cfg.replace(threads=max(1, int(cpus)))
-    device = resolve_device(cfg.device)
+    if runtime.threads == 0:
+        runtime = runtime.replace(threads=max(1, int(cpus)))
+    device = resolve_device(runtime.device)
     if gpu_ids and device.type != "cuda":
         print(f"hnet trial: Ray assigned GPU {','.join(gpu_ids)} but CUDA is not available on this node; "
               f"training on the CPU", flush=True)
     name = f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
-    return cfg, {"node_id": context.get_node_id(), "device": name, "gpu_ids": ",".join(gpu_ids)}
+    return runtime, {"node_id": context.get_node_id(), "device": name, "gpu_ids": ",".join(gpu_ids)}
 
 
 def _stored_checkpoints() -> list[tune.Checkpoint]:
@@ -93,8 +90,9 @@ def restore_latest(local_checkpoint: Path) -> int | None:
     return best
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. ``config``: flat TrainConfig fields (see sweeps.search)."""
+def run_trial(config: dict[str, Any], runtime: dict[str, Any] | None = None) -> None:
+    """Tune function trainable. ``config``: flat TrainConfig fields (see sweeps.search); ``runtime``:
+    the spec's Runtime fields (bound with ``tune.with_parameters``)."""
     cfg = train_config_of(config)
     work = Path(tempfile.mkdtemp(prefix="hnet-trial-"))
     try:
@@ -102,8 +100,8 @@ def run_trial(config: dict[str, Any]) -> None:
         resumed_at = restore_latest(local_checkpoint)  # retry or restore: continue after the last finished task
         if resumed_at is not None:
             print(f"hnet trial: resuming at task {resumed_at} of {cfg.num_tasks} (0-based)", flush=True)
-        cfg, where = placement(cfg)
-        bench = load_benchmark(cfg, resolve_device(cfg.device))  # raw data cached per worker process
-        train(cfg, bench, callbacks=[TuneReporter(where)], checkpoint=local_checkpoint, resume=True)
+        run, where = placement(Runtime.from_dict(runtime or {}))
+        bench = load_benchmark(cfg, resolve_device(run.device), run.data_root)  # raw data cached per worker process
+        train(cfg, bench, callbacks=[TuneReporter(where)], checkpoint=local_checkpoint, resume=True, runtime=run)
     finally:
         shutil.rmtree(work, ignore_errors=True)

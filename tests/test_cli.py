@@ -117,3 +117,55 @@ def test_dataset_is_prepared_under_a_file_lock(tmp_path):
     assert proc.wait(timeout=300) == 0, "".join(list(lines.queue))[-2000:]
     result = json.loads((tmp_path / "run" / "results.json").read_text())
     assert result["acc_after_mean"] > 60  # the real IDX loader read the patches
+
+
+# A process in which the layers above the core cannot be imported: `hnet train` must not need them.
+WITHOUT_UPPER_LAYERS = """
+import sys
+BLOCKED = {"sweeps", "analysis", "ray", "mlflow", "optuna", "pandas"}
+sys.modules.update(dict.fromkeys(BLOCKED))  # None: `import ray` raises ModuleNotFoundError
+from hnet.cli import main
+code = main(sys.argv[1:])
+loaded = {m.split(".")[0] for m, module in sys.modules.items() if module is not None}
+assert not BLOCKED & loaded, sorted(BLOCKED & loaded)
+sys.exit(code)
+"""
+
+
+def run_core_only(*args, cwd=None):
+    return subprocess.run([sys.executable, "-c", WITHOUT_UPPER_LAYERS, *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+
+
+def test_core_runs_without_the_layers_above_it(tmp_path):
+    help_ = run_core_only("train", "--help")
+    assert help_.returncode == 0 and "--chunk-size" in help_.stdout and "--data-root" in help_.stdout, help_.stderr
+    dry = run_core_only("train", "--preset", "split_mnist", "--dry-run")
+    assert dry.returncode == 0 and json.loads(dry.stdout)["hnet_weights"] == 465_192, dry.stderr
+    trained = run_core_only("train", "--preset", "split_digits", "--num-tasks", "2", "--iters", "5",
+                            "--out", str(tmp_path / "run"))
+    assert trained.returncode == 0 and (tmp_path / "run" / "results.json").exists(), trained.stderr
+    # the commands of the upper layers say what is missing, in one line
+    sweep = run_core_only("sweep", "run", "smoke", cwd=tmp_path)
+    errors = [line for line in sweep.stderr.splitlines() if line.strip()]
+    assert sweep.returncode == 2 and len(errors) == 1, sweep.stderr
+    assert errors[0].startswith("hnet: error: hnet sweep needs packages") and "pip install" in errors[0]
+    listing = run_core_only("--help")
+    assert listing.returncode == 0 and "train" in listing.stdout and "unavailable" in listing.stdout
+
+
+def test_flags_are_derived_from_the_config_fields():
+    """Every config field has a flag named after it, with its help text: one definition per field."""
+    import dataclasses
+
+    from hnet.config import Runtime, TrainConfig
+
+    help_ = run("train", "--help").stdout
+    for cls in (TrainConfig, Runtime):
+        for f in dataclasses.fields(cls):
+            assert "--" + f.name.replace("_", "-") in help_, f.name
+            assert f.metadata["help"].split()[0] in help_
+    # booleans come in pairs, choices are checked by the config with its own message
+    out = json.loads(run("train", "--no-lookahead", "--multi-head", "--dry-run").stdout)
+    assert out["config"]["lookahead"] is False and out["config"]["multi_head"] is True
+    assert "device" not in out["config"]  # a runtime field is not part of the experiment

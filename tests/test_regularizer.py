@@ -136,12 +136,13 @@ def test_quadratic_form_gradient():
 
 
 def test_auto_form_picks_factored_for_large_chunks_and_direct_for_small():
-    from hnet.config import preset
+    from hnet.config import Runtime, preset
 
-    assert preset("permuted_mnist").resolved_reg_form() == "factored"
-    assert preset("split_mnist").resolved_reg_form() == "factored"
-    assert preset("split_mnist").replace(chunk_size=10, hnet_hidden=(100,)).resolved_reg_form() == "direct"
-    assert preset("split_mnist").replace(chunk_size=10, reg_form="factored").resolved_reg_form() == "factored"
+    auto = Runtime()
+    assert auto.reg_form_for(preset("permuted_mnist")) == "factored"
+    assert auto.reg_form_for(preset("split_mnist")) == "factored"
+    assert auto.reg_form_for(preset("split_mnist").replace(chunk_size=10, hnet_hidden=(100,))) == "direct"
+    assert Runtime(reg_form="factored").reg_form_for(preset("split_mnist").replace(chunk_size=10)) == "factored"
 
 
 def test_factored_equals_direct_with_hyperfan_chunk_gains():

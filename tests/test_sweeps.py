@@ -12,7 +12,7 @@ import yaml
 from sweeps.search import SweepSearcher
 from sweeps.spec import SpecError, parse_spec
 
-TINY_BASE = {"preset": "split_digits", "num_tasks": 3, "iters": 15, "batch_size": 32, "eval_batch_size": 1000}
+TINY_BASE = {"preset": "split_digits", "num_tasks": 3, "iters": 15, "batch_size": 32}
 
 
 def write_spec(tmp_path, **changes):
@@ -77,7 +77,7 @@ def test_compression_filter_rejects_before_any_trial():
     assert all(0.1 <= r <= 0.5 for r in ratios), ratios
     assert searcher.stats["architectures_rejected"] > 0
     # conditional space: a 1-layer draw has no size for layer 2
-    trials = searcher.inner._ot_study.trials
+    trials = searcher.study.trials
     assert any(t.params.get("hnet_layers") == 1 and "hnet_layer2" not in t.params for t in trials)
 
 
@@ -89,14 +89,14 @@ def test_seeds_per_configuration_share_one_optuna_trial():
     assert len({c["config_group"] for c in configs}) == 1 and [c["seed"] for c in configs] == ["0", "1", "2"]
     for i, acc in enumerate([90.0, 92.0, 94.0]):
         searcher.on_trial_complete(f"t{i}", {"acc_after_mean": acc})
-    done = [t for t in searcher.inner._ot_study.trials if t.value is not None]
+    done = [t for t in searcher.study.trials if t.value is not None]
     assert len(done) == 1 and done[0].value == pytest.approx(92.0)
 
 
 # ---- real sweeps ------------------------------------------------------------------------------
 
 def test_sweep_records_every_trial_and_survives_a_failing_one(tmp_path):
-    path = write_spec(tmp_path, space={"nan_at_task": [-1, 1], "beta": [0.01, 0.1]},
+    path = write_spec(tmp_path, space={"beta": [0.01, 1e300], "lr": [0.001, 0.002]},  # 1e300: diverges at task 1
                       search={"algorithm": "grid", "seed": 0, "max_concurrent": 2}, num_samples=4, max_failures=0,
                       compression={"max": 4.0})
     proc = hnet("sweep", "run", str(path), cwd=tmp_path)
@@ -105,8 +105,8 @@ def test_sweep_records_every_trial_and_survives_a_failing_one(tmp_path):
     parents, trials = runs(tmp_path)
     assert len(parents) == 1 and len(trials) == 4
     assert (trials["tags.mlflow.parentRunId"] == parents.run_id.iloc[0]).all()
-    failed = trials[trials["params.nan_at_task"] == "1"]
-    ok = trials[trials["params.nan_at_task"] == "-1"]
+    failed = trials[trials["params.beta"] == "1e+300"]
+    ok = trials[trials["params.beta"] == "0.01"]
     assert (failed.status == "FAILED").all() and (failed["tags.trial_status"] == "failed").all()
     assert (ok.status == "FINISHED").all() and (ok["metrics.compression_ratio"] <= 4.0).all()
     client = mlflow.tracking.MlflowClient()
@@ -191,15 +191,26 @@ def test_asha_stops_poor_configurations_after_the_first_tasks(tmp_path):
 
 
 def test_multi_objective_search_builds_a_pareto_front():
+    """NSGA-II is told (accuracy, compression ratio) per configuration; its front is exactly the
+    configurations no other one beats on both."""
+    from hnet.counts import count_weights
+    from sweeps.search import _sizes_label, train_config_of
+
     spec = parse_spec({"name": "m", "base": TINY_BASE, "search": {"algorithm": "nsga2", "seed": 0},
                        "space": {"hnet_hidden": ["", "10", "25,25"], "chunk_size": [500, 1000, 2000]}})
     searcher = SweepSearcher(spec)
     assert [m for m, _ in spec.objectives] == ["acc_after_mean", "compression_ratio"]
-    for i in range(4):
-        config = searcher.suggest(f"t{i}")
-        from hnet.counts import count_weights
-        from sweeps.search import train_config_of
-        ratio = count_weights(train_config_of(config)).compression_ratio
-        searcher.on_trial_complete(f"t{i}", {"acc_after_mean": 90.0 + 10 * ratio, "compression_ratio": ratio})
-    study = searcher.inner._ot_study
-    assert len(study.directions) == 2 and len(study.best_trials) >= 1
+    told = {}
+    for i, acc in enumerate([91.0, 95.0, 89.0, 97.0, 93.0, 90.0]):
+        cfg = train_config_of(searcher.suggest(f"t{i}"))
+        ratio = count_weights(cfg).compression_ratio
+        searcher.on_trial_complete(f"t{i}", {"acc_after_mean": acc, "compression_ratio": ratio})
+        told[(_sizes_label(cfg.hnet_hidden), cfg.chunk_size)] = (acc, ratio)
+
+    def beaten(p):
+        return any(q != p and q[0] >= p[0] and q[1] <= p[1] for q in told.values())
+
+    front = {key for key, point in told.items() if not beaten(point)}
+    assert len(told) == 6 and 1 <= len(front) < 6
+    assert len(searcher.study.directions) == 2
+    assert {(t.params["hnet_hidden"], t.params["chunk_size"]) for t in searcher.study.best_trials} == front

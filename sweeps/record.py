@@ -1,0 +1,75 @@
+"""The MLflow record of sweeps: every name the writer (``sweeps.mlflow_logging``) and the
+readers (``analysis``) use, and the typed trial record both sides share.
+
+One MLflow experiment per spec. In it, per sweep, one parent run (tag ``role`` = ``sweep``)
+and one run per trial (``role`` = ``trial``) nested under it. A trial run holds
+
+* params: its experiment configuration (TrainConfig fields as flat strings), nothing else;
+* metrics: ``RESULT_METRICS`` at step i (running values after learning task i) and
+  ``acc_task_{j}`` at step i (accuracy on task j after learning task i: the accuracy matrix);
+* tags: ``TRIAL_TAGS`` (ids, status, where it ran);
+* artifacts: ``results.json`` (the final result and config) and ``acc_matrix.csv``.
+
+Importing this module needs neither MLflow nor Ray.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from hnet.config import TrainConfig
+from hnet.results import RESULT_METRICS, SUMMARY_METRICS  # noqa: F401 (re-exported: the metric names)
+
+ROLE, ROLE_SWEEP, ROLE_TRIAL = "role", "sweep", "trial"
+SWEEP_ID, SWEEP_NAME, TRIAL_ID = "sweep_id", "sweep_name", "trial_id"
+STATUS = "trial_status"  # completed | pruned | failed; a run without it is still running (or was cut off)
+STATUSES = ("completed", "pruned", "failed", "running")
+BENCHMARK, SCENARIO, SEARCH_SPACE = "benchmark", "scenario", "search_space"
+CONFIG_GROUP, SEED_INDEX = "config_group", "seed_index"  # a configuration's seeds share the group
+WHERE = {"ray_node_id": "node_id", "hostname": "hostname", "device": "device", "gpu_ids": "gpu_ids"}  # tag: result key
+ERROR_FILE = "error_file"
+RESULTS_ARTIFACT, MATRIX_ARTIFACT = "results.json", "acc_matrix.csv"
+
+
+def acc_task_metric(task: int) -> str:
+    return f"acc_task_{task}"
+
+
+@dataclass
+class TrialRecord:
+    """One trial as analysis sees it: ids, status, configuration, final metrics, accuracy matrix."""
+
+    trial_id: str
+    sweep_id: str
+    status: str
+    config: TrainConfig
+    metrics: dict[str, float] = field(default_factory=dict)
+    acc_matrix: list[list[float]] | None = None
+    run_id: str | None = None
+    start_time: Any = None
+
+    def to_row(self) -> dict[str, Any]:
+        """A DataFrame row: ids and status, every config field (flat strings, as MLflow params), metrics."""
+        row = {"run_id": self.run_id, "trial_id": self.trial_id, "sweep_id": self.sweep_id,
+               "benchmark": self.config.benchmark, "status": self.status, "start_time": self.start_time,
+               **self.config.to_flat_params(), **self.metrics}
+        if self.acc_matrix is not None:
+            row["acc_matrix"] = self.acc_matrix
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "TrialRecord":
+        config = TrainConfig.from_dict({k: row[k] for k in TrainConfig.field_names()})
+        metrics = {k: float(row[k]) for k in RESULT_METRICS
+                   if k in row and row[k] is not None and not math.isnan(float(row[k]))}
+        return cls(trial_id=row["trial_id"], sweep_id=row["sweep_id"], status=row["status"], config=config,
+                   metrics=metrics, acc_matrix=row.get("acc_matrix"), run_id=row.get("run_id"),
+                   start_time=row.get("start_time"))
+
+
+def trial_tags(trial_id: str, sweep_id: str, parent_run_id: str, config: TrainConfig, search_space: str,
+               config_group: str, seed_index: int) -> dict[str, str]:
+    return {ROLE: ROLE_TRIAL, TRIAL_ID: trial_id, SWEEP_ID: sweep_id, "mlflow.parentRunId": parent_run_id,
+            "mlflow.runName": trial_id, BENCHMARK: config.benchmark, SCENARIO: config.scenario,
+            SEARCH_SPACE: search_space, CONFIG_GROUP: str(config_group), SEED_INDEX: str(seed_index)}
