@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu")
-SCENARIOS = ("cl1",)  # CL2/CL3 need task inference; the config keeps room for them.
+# van de Ven & Tolias (2019): task identity given (cl1); not given, one shared head (cl2, domain-incremental);
+# not given, one head over all classes seen so far, the global class must be named (cl3, class-incremental).
+SCENARIOS = ("cl1", "cl2", "cl3")
+METHODS = ("hnet", "finetune", "ewc", "si")  # the hypernetwork, or the target network trained directly
 REG_FORMS = ("auto", "factored", "direct")
 HNET_INITS = ("hyperfan", "xavier")
 
@@ -108,7 +111,9 @@ class TrainConfig(Fields):
     # benchmark
     benchmark: str = option("split_digits", "benchmark", BENCHMARKS)
     num_tasks: int = option(5, "number of tasks learned in sequence")
-    scenario: str = option("cl1", "continual-learning scenario", SCENARIOS)
+    scenario: str = option("cl1", "continual-learning scenario (README: heads and labels)", SCENARIOS)
+    method: str = option("hnet", "what learns: the hypernetwork (cl2/cl3 by predictive entropy, HNET+ENT), or the "
+                                 "target network itself, unprotected (finetune), with online EWC or with SI", METHODS)
     val_fraction: float = option(0.0, "fraction of each task's training set held out for model selection")
     data_seed: int = option(42, "seed of the permutations and the validation split (fixed across training seeds)")
     # target network (fully connected, ReLU as van de Ven & Tolias 2019)
@@ -128,6 +133,11 @@ class TrainConfig(Fields):
     beta: float = option(0.01, "regularizer strength β of Eq. 2 (0 = fine-tuning baseline)")
     lookahead: bool = option(True, "evaluate the regularizer at Θ+ΔΘ, the candidate step (Sec. 2.1)")
     reg_subset: int = option(0, "regularize a random subset of at most K earlier tasks per step (App. D; 0 = all)")
+    # baselines on the target network
+    ewc_lambda: float = option(5000.0, "online EWC: strength λ of the Fisher penalty (Schwarz et al. 2018)")
+    ewc_gamma: float = option(1.0, "online EWC: decay γ of the accumulated Fisher information")
+    si_c: float = option(1.0, "SI: strength c of the importance penalty (Zenke et al. 2017)")
+    si_xi: float = option(0.1, "SI: damping ξ of the importance")
     # optimisation
     lr: float = option(1e-3, "Adam learning rate")
     iters: int = option(500, "training iterations per task")
@@ -159,7 +169,30 @@ class TrainConfig(Fields):
         _need(self.reg_subset >= 0, f"reg_subset must be >= 0 (0 = all earlier tasks), got {self.reg_subset}")
         _need(math.isfinite(self.hnet_emb_std) and self.hnet_emb_std >= 0,
               f"hnet_emb_std must be >= 0 (0 = the init's own), got {self.hnet_emb_std}")
+        for name in ("ewc_lambda", "si_c", "si_xi"):
+            _need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
+                  f"{name} must be >= 0, got {getattr(self, name)}")
+        _need(0 < self.ewc_gamma <= 1, f"ewc_gamma must be in (0, 1], got {self.ewc_gamma}")
+        _need(not (self.multi_head and self.method != "hnet"),
+              f"multi_head is a hypernetwork option: for method {self.method} the scenario decides the heads "
+              f"(cl1 one per task, cl2 one shared, cl3 one over all classes)")
+        _need(not (self.multi_head and self.scenario != "cl1"),
+              f"multi_head needs the task identity, which scenario {self.scenario} does not give")
         return self
+
+    def heads(self) -> tuple[int, int]:
+        """(outputs per head, number of heads) of the target network.
+
+        A hypernetwork generates weights per task, so it needs one head of a task's classes
+        (``multi_head`` only changes the weight count). A target network trained directly gets
+        one head per task in cl1, one shared head in cl2 (labels within the task) and, in cl3,
+        one head over the classes of all tasks (global labels; only the classes seen so far are
+        active, as in van de Ven & Tolias 2019).
+        """
+        classes, tasks = self.spec.classes_per_task, self.num_tasks
+        if self.method == "hnet":
+            return classes, tasks if self.multi_head else 1
+        return {"cl1": (classes, tasks), "cl2": (classes, 1), "cl3": (classes * tasks, 1)}[self.scenario]
 
 
 @dataclass

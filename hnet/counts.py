@@ -41,10 +41,11 @@ def _linear_stack_weights(dims: list[int]) -> int:
 
 def count_weights(cfg: TrainConfig) -> WeightCounts:
     """Analytic weight counts: no allocation, so sweeps can filter architectures cheaply."""
-    spec = cfg.spec
-    heads = cfg.num_tasks if cfg.multi_head else 1
-    target = _linear_stack_weights([spec.input_dim, *cfg.target_hidden]) + \
-        _linear_stack_weights([cfg.target_hidden[-1], spec.classes_per_task * heads])
+    outputs, heads = cfg.heads()
+    target = _linear_stack_weights([cfg.spec.input_dim, *cfg.target_hidden]) + \
+        _linear_stack_weights([cfg.target_hidden[-1], outputs * heads])
+    if cfg.method != "hnet":  # the target network's own weights are trained: nothing compressed
+        return WeightCounts(target, target, 0, 0)
     num_chunks = math.ceil(target / cfg.chunk_size)
     hnet = _linear_stack_weights([cfg.task_emb_dim + cfg.chunk_emb_dim, *cfg.hnet_hidden, cfg.chunk_size])
     hnet += num_chunks * cfg.chunk_emb_dim

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .baselines import TargetWeights
 from .config import TrainConfig
 
 _ACTIVATIONS = {
@@ -221,16 +222,18 @@ class ChunkedHypernetwork(nn.Module):
         return torch.stack([self.task_embs[t] for t in tasks])
 
 
-def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[MLP, ChunkedHypernetwork]:
-    """Target (weights on the meta device: they always come from the hypernetwork) and hnet.
+def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[MLP, "ChunkedHypernetwork | TargetWeights"]:
+    """The target (on the meta device: its weights always come from outside) and what learns them:
+    the hypernetwork, or for the baselines the target's own weights (``TargetWeights``).
 
-    The hypernetwork is initialised from ``cfg.seed``.
+    Both are initialised from ``cfg.seed``.
     """
-    spec = cfg.spec
+    outputs, heads = cfg.heads()
     with torch.device("meta"):
-        target = MLP(spec.input_dim, cfg.target_hidden, spec.classes_per_task, cfg.target_activation,
-                     num_heads=cfg.num_tasks if cfg.multi_head else 1)
+        target = MLP(cfg.spec.input_dim, cfg.target_hidden, outputs, cfg.target_activation, num_heads=heads)
     torch.manual_seed(cfg.seed)
+    if cfg.method != "hnet":
+        return target, TargetWeights(target, cfg.num_tasks).to(device)
     hnet = ChunkedHypernetwork(num_weights(target), cfg.num_tasks, cfg.chunk_size, cfg.hnet_hidden,
                                cfg.hnet_activation, cfg.task_emb_dim, cfg.chunk_emb_dim, cfg.hnet_init,
                                cfg.hnet_emb_std, fan_in_variances(target, cfg.target_activation))

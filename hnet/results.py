@@ -14,7 +14,7 @@ from .counts import count_weights
 RESULT_METRICS = ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio",
                   "compression_ratio_with_task_embeddings", "hnet_weights", "target_weights",
                   "task_embedding_weights", "num_chunks", "train_seconds", "iters_per_second",
-                  "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer")
+                  "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer", "task_inference_acc")
 SUMMARY_METRICS = ("acc_after_mean", "acc_during_mean", "forgetting")  # what ``summarize`` derives from a matrix
 
 
@@ -48,8 +48,9 @@ def result_dict(cfg: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": seconds,
         "iters_per_second": tasks_done * cfg.iters / seconds if seconds > 0 else 0.0,
     }
-    if state["dead_units_first_layer"] is not None:
-        out["dead_units_first_layer"] = state["dead_units_first_layer"]
+    for key in ("dead_units_first_layer", "task_inference_acc"):  # HNET+ENT: % of test inputs whose task was inferred right
+        if state.get(key) is not None:
+            out[key] = state[key]
     if state["val_acc_matrix"]:
         val = summarize(state["val_acc_matrix"])
         out["val_acc_matrix"] = state["val_acc_matrix"]

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from .config import Runtime, TrainConfig
 from .data import Benchmark, load_benchmark
 from .graphs import CapturedStep
-from .models import build_models, dead_unit_fraction, target_forward
+from .baselines import FISHER_SAMPLES, WeightPenalty, diagonal_fisher, task_log_probs
+from .evaluation import evaluate, train_labels, train_logits
+from .models import build_models, dead_unit_fraction
 from .regularizer import adam_lookahead, output_regularizer, snapshot
 from .results import result_dict
 
@@ -70,22 +72,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.no_grad()
-def evaluate(target, hnet, bench: Benchmark, tasks: int, part: str, batch_size: int) -> list[float]:
-    """Accuracy (%) on tasks 0..tasks-1, weights for all of them from one hnet call."""
-    weights = hnet(hnet.embeddings(range(tasks)))
-    accs = []
-    for t in range(tasks):
-        split = bench.eval_split(t, part)
-        correct = 0
-        for start in range(0, len(split.rows), batch_size):
-            rows = split.rows[start:start + batch_size]
-            logits = target_forward(target, weights[t], bench.inputs(t, part, rows), t)
-            correct += (logits.argmax(1) == split.labels[start:start + batch_size]).sum().item()
-        accs.append(100.0 * correct / len(split.rows))
-    return accs
-
-
 def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[Callback] = (),
           checkpoint: str | os.PathLike | None = None, resume: bool = False,
           runtime: Runtime | None = None) -> dict[str, Any]:
@@ -102,13 +88,17 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
     if device.type == "cpu":
         keep_freed_memory()
     bench = bench or load_benchmark(cfg, device, runtime.data_root)
-    target, hnet = build_models(cfg, device)
-    state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": [], "dead_units_first_layer": None}
+    target, hnet = build_models(cfg, device)  # hnet: the hypernetwork, or the target's own weights (baselines)
+    penalty = WeightPenalty(cfg, hnet.weights) if cfg.method != "hnet" else None  # EWC / SI
+    state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": [],
+             "dead_units_first_layer": None, "task_inference_acc": None}
     if resume and checkpoint and Path(checkpoint).exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         if saved["config"] != cfg.to_dict():
             raise ValueError(f"checkpoint {checkpoint} was written for a different configuration")
         hnet.load_state_dict(saved["hnet"])
+        if penalty:
+            penalty.load_state_dict(saved["penalty"])
         state = {k: saved[k] for k in state}
 
     for task in range(state["next_task"], cfg.num_tasks):
@@ -120,14 +110,14 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         embedding = hnet.task_embs[task]  # earlier embeddings stay frozen: not in the optimizer
         graphed = use_cuda_graph(cfg, runtime, device)
         optimizer = torch.optim.Adam([*theta.values(), embedding], lr=cfg.lr, capturable=graphed)
-        regularize = cfg.beta > 0 and task > 0
+        regularize = cfg.method == "hnet" and cfg.beta > 0 and task > 0
         reg_targets = snapshot(hnet, task, runtime.reg_form_for(cfg)) if regularize else None
         batches = bench.train_batches(task, cfg.batch_size, generator)
 
         def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             optimizer.zero_grad(set_to_none=True)
             weights = hnet(embedding[None], padded=True)[0]
-            loss_task = F.cross_entropy(target_forward(target, weights, x, task), y)
+            loss_task = F.cross_entropy(train_logits(cfg, target, weights, x, task), train_labels(cfg, y, task))
             loss_task.backward()
             loss_reg = None
             if regularize:
@@ -137,7 +127,12 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
                     subset = torch.randperm(task, generator=generator, device=device)[:cfg.reg_subset]
                 loss_reg = output_regularizer(hnet, reg_targets, delta, subset)
                 (cfg.beta * loss_reg).backward()
+            elif penalty and (loss_reg := penalty.loss(hnet.weights)) is not None:  # EWC, SI
+                (penalty.strength * loss_reg).backward()
+            before = hnet.weights.detach().clone() if cfg.method == "si" else None
             optimizer.step()
+            if before is not None:
+                penalty.after_step(hnet.weights, before)
             return loss_task, loss_reg
 
         if graphed:
@@ -152,22 +147,35 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
 
         if not math.isfinite(loss_task.item()):
             raise TrainingDiverged(f"loss is {loss_task.item()} at task {task}")
-        state["acc_matrix"].append(evaluate(target, hnet, bench, task + 1, "test", runtime.eval_batch_size))
+        if penalty:
+            rows = bench.eval_split(task, "train").rows
+            sample = rows[torch.randperm(len(rows), generator=generator, device=device)[:FISHER_SAMPLES]]
+            fisher = diagonal_fisher(task_log_probs(cfg, target, task), hnet.weights, bench.inputs(task, "train", sample)) \
+                if cfg.method == "ewc" else None
+            penalty.end_task(hnet.weights, fisher)
+        with torch.no_grad():
+            weights = hnet(hnet.embeddings(range(task + 1)))  # one row per task learned so far
+        accs, state["task_inference_acc"] = evaluate(cfg, target, weights, bench, task + 1, "test",
+                                                     runtime.eval_batch_size)
+        state["acc_matrix"].append(accs)
         if cfg.val_fraction > 0:
-            state["val_acc_matrix"].append(evaluate(target, hnet, bench, task + 1, "val", runtime.eval_batch_size))
+            state["val_acc_matrix"].append(evaluate(cfg, target, weights, bench, task + 1, "val",
+                                                    runtime.eval_batch_size)[0])
         state["task_seconds"].append(time.perf_counter() - started)
         state["next_task"] = task + 1
         if checkpoint:
-            _save_checkpoint(checkpoint, cfg, hnet, state)
+            _save_checkpoint(checkpoint, cfg, hnet, penalty, state)
         summary = result_dict(cfg, state)
         for cb in callbacks:
             cb.on_task_end(task, summary, Path(checkpoint) if checkpoint else None)
     return result_dict(cfg, state)
 
 
-def _save_checkpoint(path: str | os.PathLike, cfg: TrainConfig, hnet, state: dict[str, Any]) -> None:
+def _save_checkpoint(path: str | os.PathLike, cfg: TrainConfig, hnet, penalty: WeightPenalty | None,
+                     state: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": cfg.to_dict(), "hnet": hnet.state_dict(), **state}, tmp)
+    torch.save({"config": cfg.to_dict(), "hnet": hnet.state_dict(), **state,
+                **({"penalty": penalty.state_dict()} if penalty else {})}, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint

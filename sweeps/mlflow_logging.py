@@ -56,6 +56,7 @@ def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
     experiment_id = get_experiment_id(client, spec.experiment)
     tags = {"mlflow.runName": sweep_id, record.SWEEP_ID: sweep_id, record.SWEEP_NAME: spec.name,
             record.ROLE: record.ROLE_SWEEP, record.BENCHMARK: spec.base.benchmark, record.SCENARIO: spec.base.scenario,
+            record.METHOD: spec.base.method,
             record.SEARCH_SPACE: spec.source or spec.name, "search_algorithm": spec.algorithm, "storage_path": storage,
             **{f"runtime.{k}": v for k, v in spec.runtime.to_flat_params().items()}, **code_version()}
     run = client.create_run(experiment_id, tags=tags, run_name=sweep_id)

@@ -25,7 +25,7 @@ ROLE, ROLE_SWEEP, ROLE_TRIAL = "role", "sweep", "trial"
 SWEEP_ID, SWEEP_NAME, TRIAL_ID = "sweep_id", "sweep_name", "trial_id"
 STATUS = "trial_status"  # completed | pruned | failed; a run without it is still running (or was cut off)
 STATUSES = ("completed", "pruned", "failed", "running")
-BENCHMARK, SCENARIO, SEARCH_SPACE = "benchmark", "scenario", "search_space"
+BENCHMARK, SCENARIO, METHOD, SEARCH_SPACE = "benchmark", "scenario", "method", "search_space"
 CONFIG_GROUP, SEED_INDEX = "config_group", "seed_index"  # a configuration's seeds share the group
 WHERE = {"ray_node_id": "node_id", "hostname": "hostname", "device": "device", "gpu_ids": "gpu_ids"}  # tag: result key
 ERROR_FILE = "error_file"
@@ -71,5 +71,5 @@ class TrialRecord:
 def trial_tags(trial_id: str, sweep_id: str, parent_run_id: str, config: TrainConfig, search_space: str,
                config_group: str, seed_index: int) -> dict[str, str]:
     return {ROLE: ROLE_TRIAL, TRIAL_ID: trial_id, SWEEP_ID: sweep_id, "mlflow.parentRunId": parent_run_id,
-            "mlflow.runName": trial_id, BENCHMARK: config.benchmark, SCENARIO: config.scenario,
+            "mlflow.runName": trial_id, BENCHMARK: config.benchmark, SCENARIO: config.scenario, METHOD: config.method,
             SEARCH_SPACE: search_space, CONFIG_GROUP: str(config_group), SEED_INDEX: str(seed_index)}

@@ -43,6 +43,9 @@ def test_dry_run_without_hidden_layers():
     (["--hnet-init", "kaiming"], "unknown hnet_init"),
     (["--hnet-emb-std", "-0.1"], "hnet_emb_std must be >= 0"),
     (["--iters", "ten"], "invalid int value"),
+    (["--method", "replay"], "unknown method"),
+    (["--scenario", "cl9"], "unknown scenario"),
+    (["--method", "si", "--multi-head"], "multi_head is a hypernetwork option"),
     (["--benchmark", "split_mnist", "--data-root", "DATA_MISSING"], "MNIST not found"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):

@@ -5,7 +5,7 @@ Skipped without CUDA (CI has none); run on a lent GPU by ``bench/gpu_suite.sh``.
 import pytest
 import torch
 
-from hnet.config import TrainConfig
+from hnet.config import Runtime, TrainConfig
 from hnet.trainer import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("reg_form, lookahead", [("factored", True), ("direct", True), ("direct", False)])
 def test_cuda_graph_step_matches_eager(reg_form, lookahead):
     cfg = TrainConfig(benchmark="split_digits", num_tasks=3, iters=60, batch_size=32, chunk_size=500,
-                      hnet_hidden=(10, 10), reg_form=reg_form, lookahead=lookahead, beta=0.05, device="cuda")
-    eager = train(cfg.replace(cuda_graph=False))
-    graphed = train(cfg.replace(cuda_graph=True))
+                      hnet_hidden=(10, 10), lookahead=lookahead, beta=0.05)
+    eager = train(cfg, runtime=Runtime(device="cuda", reg_form=reg_form, cuda_graph=False))
+    graphed = train(cfg, runtime=Runtime(device="cuda", reg_form=reg_form, cuda_graph=True))
     # Same iterations, same batches; only kernel launch differs, so accuracies agree up to float32
     # reassociation (one test image at most).
     for row_e, row_g in zip(eager["acc_matrix"], graphed["acc_matrix"]):
@@ -24,6 +24,6 @@ def test_cuda_graph_step_matches_eager(reg_form, lookahead):
 
 
 def test_trainer_on_gpu_learns():
-    cfg = TrainConfig(benchmark="split_digits", num_tasks=5, iters=200, batch_size=64, device="cuda")
-    result = train(cfg)
+    cfg = TrainConfig(benchmark="split_digits", num_tasks=5, iters=200, batch_size=64)
+    result = train(cfg, runtime=Runtime(device="cuda"))
     assert result["acc_after_mean"] > 90

@@ -1,0 +1,115 @@
+"""Baselines that train the target network's own weights: fine-tuning, online EWC and SI.
+
+``TargetWeights`` gives the target's flat weight vector the hypernetwork's interface (``theta``,
+``task_embs``, a call that returns one weight row per task), so the same trainer step, data
+and callbacks train either. ``WeightPenalty`` is the quadratic penalty both methods add to the
+task loss, Σ_i Ω_i (θ_i − θ*_i)², with θ* the weights after the previous task:
+
+* online EWC (Schwarz et al. 2018): Ω = λ/2 · F̃, F̃ ← γ F̃ + F_t after each task, F_t the
+  diagonal Fisher information of task t (expected over the model's own predicted labels, as in
+  van de Ven & Tolias 2019), averaged over the task's training inputs;
+* SI (Zenke et al. 2017): Ω = c · Σ_t ω_t / (Δ_t² + ξ), ω_t = −Σ_steps g · δθ the path integral
+  of the gradient along the task's parameter updates, Δ_t the task's total change.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+
+FISHER_SAMPLES = 1000  # training inputs of a task (drawn at random) over which EWC's Fisher is averaged
+
+
+class TargetWeights(nn.Module):
+    """The target's own weights (flat, ``named_parameters`` order), PyTorch's default init."""
+
+    def __init__(self, target: nn.Module, num_tasks: int) -> None:
+        super().__init__()
+        pieces = []
+        for name, p in target.named_parameters():  # nn.Linear's default: U(±1/sqrt(fan_in)) for weight and bias
+            fan_in = p.shape[1] if p.dim() == 2 else pieces[-1].shape[1]
+            pieces.append(torch.empty(p.shape).uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)))
+        self.weights = nn.Parameter(torch.cat([piece.reshape(-1) for piece in pieces]))
+        self.task_embs = nn.ParameterList(nn.Parameter(torch.zeros(0)) for _ in range(num_tasks))  # none to learn
+        self.chunk_scale, self.num_chunks = None, 0
+
+    def forward(self, task_embs: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        return self.weights.expand(len(task_embs), -1)  # every task uses the same weights
+
+    def theta(self) -> dict[str, nn.Parameter]:
+        return {"weights": self.weights}
+
+    def embeddings(self, tasks) -> torch.Tensor:
+        return torch.zeros(len(tasks), 0, device=self.weights.device)
+
+
+class WeightPenalty:
+    """Σ_i Ω_i (θ_i − θ*_i)² for online EWC and SI (nothing for fine-tuning)."""
+
+    def __init__(self, cfg: TrainConfig, weights: nn.Parameter) -> None:
+        self.method, self.cfg = cfg.method, cfg
+        self.omega = torch.zeros_like(weights.detach())  # Ω without the strength factor
+        self.anchor: torch.Tensor | None = None  # θ*: weights after the previous task
+        self.path = torch.zeros_like(self.omega)  # SI: ω of the current task
+        self.task_start = weights.detach().clone()  # SI: θ at the start of the current task
+
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        return {"omega": self.omega, "anchor": self.anchor, "path": self.path, "task_start": self.task_start}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
+        self.omega, self.anchor, self.path, self.task_start = (state[k] for k in ("omega", "anchor", "path", "task_start"))
+
+    @property
+    def strength(self) -> float:
+        return self.cfg.ewc_lambda / 2 if self.method == "ewc" else self.cfg.si_c
+
+    def loss(self, weights: torch.Tensor) -> torch.Tensor | None:
+        if self.method == "finetune" or self.anchor is None:
+            return None
+        return (self.omega * (weights - self.anchor).square()).sum()
+
+    @torch.no_grad()
+    def after_step(self, weights: nn.Parameter, before: torch.Tensor) -> None:
+        """SI: ω −= g · δθ for the step just taken (g: the gradient it used)."""
+        if self.method == "si":
+            self.path.sub_(weights.grad * (weights - before))
+
+    @torch.no_grad()
+    def end_task(self, weights: nn.Parameter, fisher: torch.Tensor | None = None) -> None:
+        if self.method == "ewc":
+            self.omega.mul_(self.cfg.ewc_gamma).add_(fisher)
+        elif self.method == "si":
+            change = weights - self.task_start
+            self.omega.add_(self.path / (change.square() + self.cfg.si_xi))
+            self.path.zero_()
+            self.task_start = weights.detach().clone()
+        self.anchor = weights.detach().clone()
+
+
+def diagonal_fisher(log_probs_of, weights: torch.Tensor, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Mean over ``inputs`` of (∂ log p(ŷ | x) / ∂θ)², ŷ the model's predicted label; per-sample
+    gradients in batches (``torch.func``). ``log_probs_of(weights, x)``: log-probabilities of one input."""
+    def sample_grad(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        def log_p_predicted(w_: torch.Tensor) -> torch.Tensor:
+            return log_probs_of(w_, x).max()  # log p(ŷ | x), ŷ the most probable label
+        return torch.func.grad(log_p_predicted)(w)
+
+    total = torch.zeros_like(weights)
+    w = weights.detach()
+    for start in range(0, len(inputs), batch_size):
+        grads = torch.func.vmap(sample_grad, in_dims=(None, 0))(w, inputs[start:start + batch_size])
+        total += grads.square().sum(0)
+    return total / len(inputs)
+
+
+def task_log_probs(cfg: TrainConfig, target, task: int):
+    """log p(· | x) of one input as the baseline trains task ``task`` (its head, or the seen classes)."""
+    from .evaluation import target_logits
+
+    def log_probs_of(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(target_logits(cfg, target, weights, x[None], task, task + 1)[0], dim=-1)
+    return log_probs_of

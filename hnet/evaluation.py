@@ -1,0 +1,93 @@
+"""Test-time predictions in the three scenarios, and accuracy.
+
+* cl1: the task is given; a hypernetwork uses the weights generated for it, a target network
+  its head (multi-head).
+* cl2 / cl3 with a hypernetwork (HNET+ENT, Sec. 3 of the paper): the task is *not* given. The
+  target runs with the weights of every task learned so far, all in one batched call; the task
+  whose output distribution has the lowest entropy is taken, and its prediction. cl2 answers
+  the label within the task (e.g. odd/even on SplitMNIST), cl3 the global class,
+  classes_per_task * inferred task + label.
+* cl2 / cl3 with a target network trained directly: its one shared head (cl2), or its head
+  over the classes of all tasks seen so far (cl3, global labels).
+
+The prediction functions for cl2/cl3 take no task argument: the task identity cannot leak.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data import Benchmark
+from .models import target_forward
+
+
+def global_labels(cfg: TrainConfig, labels: torch.Tensor, task: int) -> torch.Tensor:
+    """Task-local labels -> the labels a model is scored against (global in cl3)."""
+    return labels + task * cfg.spec.classes_per_task if cfg.scenario == "cl3" else labels
+
+
+def target_logits(cfg: TrainConfig, target, weights: torch.Tensor, x: torch.Tensor, task: int | None,
+                  seen: int) -> torch.Tensor:
+    """Logits of a target network trained directly: its task head (cl1), its shared head (cl2),
+    or the classes of the ``seen`` tasks so far (cl3)."""
+    logits = target_forward(target, weights, x, task if cfg.scenario == "cl1" else 0)
+    return logits[:, :seen * cfg.spec.classes_per_task] if cfg.scenario == "cl3" else logits
+
+
+def train_logits(cfg: TrainConfig, target, weights: torch.Tensor, x: torch.Tensor, task: int) -> torch.Tensor:
+    """Logits while learning ``task``: a hypernetwork's target always sees its task's classes
+    (task-specific weights); a target trained directly its head or, in cl3, the classes so far."""
+    if cfg.method == "hnet":
+        return target_forward(target, weights, x, task)
+    return target_logits(cfg, target, weights, x, task, task + 1)
+
+
+def train_labels(cfg: TrainConfig, labels: torch.Tensor, task: int) -> torch.Tensor:
+    return labels if cfg.method == "hnet" else global_labels(cfg, labels, task)
+
+
+def infer_task(target, weights: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """HNET+ENT: ``weights`` (T, N) of the tasks learned so far. Returns, per input, the task of
+    lowest predictive entropy and the label that task's weights predict."""
+    logits = torch.func.vmap(lambda w: target_forward(target, w, x))(weights)  # (T, B, classes)
+    log_p = F.log_softmax(logits, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)  # (T, B)
+    task = entropy.argmin(0)
+    label = logits[task, torch.arange(len(x), device=x.device)].argmax(-1)
+    return task, label
+
+
+def predict_without_task(cfg: TrainConfig, target, weights: torch.Tensor, x: torch.Tensor,
+                         seen: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """cl2/cl3 predictions (and the inferred task, for a hypernetwork) without the task identity."""
+    if cfg.method == "hnet":
+        task, label = infer_task(target, weights[:seen], x)
+        return (label + task * cfg.spec.classes_per_task if cfg.scenario == "cl3" else label), task
+    return target_logits(cfg, target, weights[0], x, None, seen).argmax(1), None
+
+
+@torch.no_grad()
+def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, seen: int, part: str,
+             batch_size: int) -> tuple[list[float], float | None]:
+    """Accuracy (%) on tasks 0..seen-1 after learning ``seen`` tasks, and for HNET+ENT the
+    share (%) of inputs whose task was inferred right. ``weights``: (seen, N), one row per task."""
+    accs, inferred, total = [], 0, 0
+    for t in range(seen):
+        split = bench.eval_split(t, part)
+        correct = 0
+        for start in range(0, len(split.rows), batch_size):
+            x = bench.inputs(t, part, split.rows[start:start + batch_size])
+            y = global_labels(cfg, split.labels[start:start + batch_size], t)
+            if cfg.scenario == "cl1":
+                logits = target_forward(target, weights[t], x, t) if cfg.method == "hnet" else \
+                    target_logits(cfg, target, weights[t], x, t, seen)
+                pred, task = logits.argmax(1), None
+            else:
+                pred, task = predict_without_task(cfg, target, weights, x, seen)
+            correct += (pred == y).sum().item()
+            if task is not None:
+                inferred += (task == t).sum().item()
+        accs.append(100.0 * correct / len(split.rows))
+        total += len(split.rows)
+    return accs, (100.0 * inferred / total if cfg.method == "hnet" and cfg.scenario != "cl1" else None)
