@@ -7,7 +7,9 @@ and the last (4 resp. 9 earlier tasks in the regularizer), with 1 and 2 CPU thre
 a GPU with ``--device cuda`` (each iteration then ends with a device synchronisation, so
 the figure is the step's latency, not the time to queue its kernels).
 Variants: the preset as shipped (factored regularizer + lookahead), the peer's protocol
-(no lookahead) with the factored and with the direct regularizer.
+(no lookahead) with the factored and with the direct regularizer; then the baselines on the
+preset's target network (fine-tuning, online EWC, SI: ratios to fine-tuning) and the time of
+HNET+ENT task inference (all tasks' weights on one test batch).
 
 With ``--peer-python`` the reference implementation is timed in the same run through
 ``shared/bench/peer_hypnettorch.py`` (its own virtual environment; see bench/README.md)
@@ -32,6 +34,8 @@ import torch
 
 from hnet.config import Runtime, preset, split_fields
 from hnet.data import Benchmark, Split, Task
+from hnet.evaluation import infer_task
+from hnet.models import build_models
 from hnet.trainer import Callback, train
 
 PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "bench" / "peer_hypnettorch.py"
@@ -110,6 +114,34 @@ def time_preset(name: str, threads: int, iters: int, warmup: int, device: str = 
     return out
 
 
+def time_baselines(name: str, threads: int, iters: int, warmup: int, device: str = "cpu") -> None:
+    """The target network trained directly: a fine-tuning, online EWC and SI step (last task, where the
+    penalty is on), each as a ratio to fine-tuning; and HNET+ENT's task inference per test batch."""
+    fine = None
+    for method in ("finetune", "ewc", "si"):
+        ms = time_preset(name, threads, iters, warmup, device, method=method)
+        fine = fine or ms["last"]
+        print(f"{name:<16}{threads:>8}  {method + ' (target weights, cl1)':<38}{ms['first']:>11.2f}{ms['last']:>11.2f}"
+              f"{'':>11}{'':>10}  {ms['last'] / fine:.2f}x fine-tuning", flush=True)
+    cfg = preset(name)
+    runtime = Runtime(threads=threads, device=device)
+    torch.set_num_threads(threads or torch.get_num_threads())
+    target, hnet = build_models(cfg.replace(scenario="cl3"), device)
+    x = torch.rand(runtime.eval_batch_size, cfg.spec.input_dim, device=device)
+    with torch.no_grad():
+        weights = hnet(hnet.embeddings(range(cfg.num_tasks)))
+        times = []
+        for _ in range(warmup // 4 + 5):
+            sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+            sync()
+            started = time.perf_counter()
+            infer_task(target, weights, x)
+            sync()
+            times.append((time.perf_counter() - started) * 1e3)
+    print(f"{name:<16}{threads:>8}  HNET+ENT inference, {cfg.num_tasks} tasks x {len(x)} inputs: "
+          f"{statistics.median(times[2:]):.1f} ms per test batch", flush=True)
+
+
 def run_peer(python: str, threads: list[int], iters: int, warmup: int, device: str = "cpu",
              script: Path = PEER_SCRIPT) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,6 +200,7 @@ def main() -> None:
                 kernels = f"  ({ms['kernels']:.0f} GPU kernels per last-task step)" if "kernels" in ms else ""
                 print(f"{name:<16}{threads:>8}  {label:<38}{ms['first']:>11.2f}{ms['last']:>11.2f}{peer_last:>11}{ratio:>10}"
                       + kernels, flush=True)
+            time_baselines(name, threads, args.iters, args.warmup, args.device)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ def _load(args: argparse.Namespace) -> SweepSpec:
         spec.runtime = spec.runtime.replace(data_root=args.data_root)
     if getattr(args, "iters", None):
         spec.base = spec.base.replace(iters=args.iters)
+    if getattr(args, "max_concurrent", None):
+        if args.max_concurrent < 1:
+            raise SpecError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+        spec.max_concurrent = args.max_concurrent
     if spec.runtime.data_root and "://" not in spec.runtime.data_root:  # trials run in other folders
         spec.runtime = spec.runtime.replace(data_root=str(Path(spec.runtime.data_root).resolve()))
     if spec.runtime.threads == 0:  # one torch thread per reserved CPU (no oversubscription)
@@ -94,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"hnet sweep: {spec.name}: {spec.num_samples} configurations x {spec.seeds} seed(s), "
           f"{spec.algorithm} search, {spec.base.benchmark}, MLflow {spec.tracking_uri} (experiment {spec.experiment!r})",
           flush=True)
-    summary = run_sweep(spec, address=args.address, resume=args.resume, resource_check=args.resource_check)
+    summary = run_sweep(spec, address=args.address, resume=args.resume, resource_check=args.resource_check,
+                        verbose=args.verbose)
     stats = summary["stats"]
     print(f"\nsweep {summary['state']['sweep_id']}: {stats['trials']} trials, {stats['trials_completed']} completed, "
           f"{stats['trials_failed']} failed, {stats['trials_pruned']} pruned/unfinished, "
@@ -120,11 +125,14 @@ def add_sweep_parser(sub: argparse._SubParsersAction, parser_class) -> None:
     common.add_argument("--num-samples", type=int, help="configurations to train (overrides the spec)")
     common.add_argument("--data-root", help="dataset folder (overrides the spec's runtime.data_root)")
     common.add_argument("--iters", type=int, help="training iterations per task (overrides the spec)")
+    common.add_argument("--max-concurrent", type=int, help="trials running at once (overrides search.max_concurrent)")
     run = actions.add_parser("run", parents=[common], help="run a sweep (local Ray, or a cluster with --address)")
     run.add_argument("--address", help="Ray cluster address (e.g. 127.0.0.1:6379 or auto); default: local Ray")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default from the spec: sqlite:///mlflow.db)")
     run.add_argument("--storage-path", help="Tune storage for results and checkpoints (shared on clusters)")
     run.add_argument("--resume", action="store_true", help="finish the newest unfinished sweep of this spec")
+    run.add_argument("--verbose", action="store_true",
+                     help="show Ray's, Tune's, MLflow's and the trials' output here instead of in <sweep folder>/sweep.log")
     run.add_argument("--no-resource-check", dest="resource_check", action="store_false",
                      help="start even if no node can hold a trial now (an autoscaler will add one)")
     run.set_defaults(func=cmd_run)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ SEARCH_STATS = "search_stats.json"  # architectures drawn / rejected by the comp
 TUNE_ENV = {
     # Tune warns on every checkpoint of short trials; a sweep checkpoints at every task by design.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "RAY_AIR_NEW_OUTPUT": "0",  # the classic table: trial status and our metrics
+    "RAY_AIR_NEW_OUTPUT": "0",  # the classic reporter interface (our ProgressLine)
 }
+LOG_FILE = "sweep.log"  # Ray's, Tune's, MLflow's and the trials' output (unless --verbose)
 
 
 def trial_dirname(trial) -> str:
@@ -58,8 +60,8 @@ def init_ray(address: str | None, check_for: SweepSpec | None = None) -> None:
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=True)
-        else:  # local: a private Ray instance, dashboard off, loopback only
-            ray.init(include_dashboard=False, log_to_driver=True)
+        else:  # local: a private Ray instance, dashboard off, on loopback only
+            ray.init(include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")
     if check_for is not None:
         check_resources(check_for)
 
@@ -82,21 +84,38 @@ def check_resources(spec: SweepSpec) -> None:
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
-              resource_check: bool = True) -> dict[str, Any]:
-    """Run (or resume) a sweep to the end; returns a summary with the best trials."""
+              resource_check: bool = True, verbose: bool = False) -> dict[str, Any]:
+    """Run (or resume) a sweep to the end; returns a summary with the best trials.
+
+    Unless ``verbose``, everything Ray, Tune, MLflow and the trials print goes to
+    ``<sweep folder>/sweep.log`` and the terminal shows one progress line (``sweeps.console``).
+    """
+    from .console import Console, terminal
+
     started = time.time()
     for key, value in TUNE_ENV.items():
         os.environ.setdefault(key, value)
     found = find_unfinished(spec) if resume else None  # before Ray starts: a wrong --resume fails at once
-    init_ray(address, spec if resource_check else None)  # before anything is written
-    if found:
-        sweep_dir, state = found
-        tuner = restore_tuner(spec, sweep_dir)
-    else:
-        sweep_dir, state = create_sweep(spec)
-        tuner = build_tuner(spec, sweep_dir, state)
-    results = tuner.fit()
-    return finalise(spec, sweep_dir, state, results, started)
+    console, sweep_dir = None, None
+    if not verbose:
+        console = Console()
+        console.log_to(Path(tempfile.mkstemp(prefix="hnet-sweep-", suffix=".log")[1]))
+    try:
+        init_ray(address, spec if resource_check else None)  # before anything is written
+        sweep_dir, state = found or create_sweep(spec)
+        if console:
+            console.log_to(sweep_dir / LOG_FILE)
+            print(f"hnet sweep: Ray, Tune, MLflow and trial output go to {sweep_dir / LOG_FILE} (--verbose: here)",
+                  file=terminal(), flush=True)
+        tuner = restore_tuner(spec, sweep_dir) if found else build_tuner(spec, sweep_dir, state)
+        results = tuner.fit()
+        return finalise(spec, sweep_dir, state, results, started)
+    finally:
+        if console:
+            import ray
+
+            ray.shutdown()  # its log monitor flushes last lines at shutdown: into the log, not the terminal
+            console.restore(keep_log=sweep_dir is not None)
 
 
 def _trainable(spec: SweepSpec):
@@ -123,14 +142,15 @@ def find_unfinished(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
 def restore_tuner(spec: SweepSpec, sweep_dir: Path):
     from ray import tune
 
+    from .console import terminal
     from .tune_state import STATE_BACKUP, repair_tune_state
 
     if repair_tune_state(sweep_dir):
         print(f"hnet sweep: Tune's experiment state was cut off when the driver died; "
-              f"restored its last complete copy from {sweep_dir / STATE_BACKUP}", flush=True)
+              f"restored its last complete copy from {sweep_dir / STATE_BACKUP}", file=terminal(), flush=True)
     if not tune.Tuner.can_restore(str(sweep_dir)):
         raise SpecError(f"--resume: {sweep_dir} holds no restorable Tune experiment")
-    print(f"hnet sweep: resuming {sweep_dir}", flush=True)
+    print(f"hnet sweep: resuming {sweep_dir}", file=terminal(), flush=True)
     return tune.Tuner.restore(str(sweep_dir), trainable=_trainable(spec), resume_unfinished=True, resume_errored=True)
 
 
@@ -153,6 +173,7 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from .console import ProgressLine
     from .mlflow_logging import MLflowTrialLogger
     from .search import SweepSearcher
     from .tune_state import ExperimentStateBackup
@@ -164,10 +185,7 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
         scheduler = ASHAScheduler(time_attr="tasks_done", metric=spec.metric, mode=spec.mode,
                                   max_t=spec.base.num_tasks, grace_period=spec.asha_grace_tasks,
                                   reduction_factor=spec.asha_reduction_factor)
-    searched = [k for k in spec.space if k != "hnet_hidden"] + ["hnet_hidden"] * ("hnet_hidden" in spec.space)
-    reporter = tune.CLIReporter(
-        metric_columns={"tasks_done": "tasks", "acc_after_mean": "acc_after", "compression_ratio": "compression"},
-        parameter_columns=searched + ["seed"], max_report_frequency=15, sort_by_metric=False)
+    reporter = ProgressLine(spec.num_trials, spec.metric, spec.mode, spec.base.num_tasks)
     return tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials,

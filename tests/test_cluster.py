@@ -57,7 +57,7 @@ def write_spec(folder: Path, name: str) -> Path:
 
 
 def start_sweep(spec: Path, env: dict, log: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hnet.cli", "sweep", "run", str(spec), "--address",
+    return subprocess.Popen([sys.executable, "-m", "hnet.cli", "sweep", "run", str(spec), "--verbose", "--address",
                              env["RAY_ADDRESS"], *extra], cwd=spec.parent, env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -60,8 +60,9 @@ def test_four_trials_share_two_gpus(gpu_cluster, tmp_path):
     run = subprocess.run([sys.executable, "-m", "hnet.cli", "sweep", "run", str(spec), "--address",
                           gpu_cluster["RAY_ADDRESS"]], cwd=tmp_path, env=gpu_cluster, capture_output=True,
                          text=True, timeout=600)
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-3000:]
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    (sweep_log,) = tmp_path.glob("ray_results/*/sweep.log")  # the trials' own lines: in the sweep's log
+    log = sweep_log.read_text()
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("packing").experiment_id], "tags.role = 'trial'")

@@ -147,7 +147,7 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
     # writes); without the backup Tune would restart all four trials from task 0.
     (state_file,) = tmp_path.glob("ray_results/*/experiment_state-*.json")
     state_file.write_text("")
-    resumed = hnet("sweep", "run", str(path), "--resume", cwd=tmp_path)
+    resumed = hnet("sweep", "run", str(path), "--resume", "--verbose", cwd=tmp_path)  # trial output here
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "restored its last complete copy" in resumed.stdout and "Restarting experiment" not in resumed.stdout
     assert "hnet sweep: resuming" in resumed.stdout
@@ -214,3 +214,17 @@ def test_multi_objective_search_builds_a_pareto_front():
     assert len(told) == 6 and 1 <= len(front) < 6
     assert len(searcher.study.directions) == 2
     assert {(t.params["hnet_hidden"], t.params["chunk_size"]) for t in searcher.study.best_trials} == front
+
+def test_console_is_quiet_and_the_log_holds_the_rest(tmp_path):
+    """The README's first command prints a few lines; Ray's, Tune's and the trials' output is in the
+    sweep's log file, whose path is printed once; --verbose brings it back."""
+    proc = hnet("sweep", "run", "smoke", "--num-samples", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) < 40, "\n".join(lines)
+    assert not any("Checkpoint successfully created" in line or "INFO" in line for line in lines), "\n".join(lines)
+    (log,) = tmp_path.glob("ray_results/smoke-*/sweep.log")
+    assert sum(str(log) in line for line in lines) == 1
+    assert "Started a local Ray instance" in log.read_text() and "Checkpoint successfully created" in log.read_text()
+    assert any(line.startswith("[0:") and "trials 2/2 done: 2 completed" in line for line in lines)
+    assert "2 trials, 2 completed" in proc.stdout
