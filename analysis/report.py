@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,9 +12,12 @@ import pandas as pd
 from hnet.config import UserError
 
 from .figures import PAPER_ACCURACY, accuracy_heatmap, fig_a7
-from .runs import accuracy_matrix, aggregate_seeds, load_results_files, load_trials, pareto_front
+from .runs import accuracy_matrix, aggregate_seeds, config_columns, load_results_files, load_trials, pareto_front
 
 RATIO_BINS = [0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, float("inf")]
+
+
+ACC = "acc after (mean ± std, n seeds)"
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -26,8 +30,33 @@ def _table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def portable(location: str) -> str:
+    """A store URI or file path as a reader elsewhere can use it: local paths relative to the
+    working directory (a remote URI stays as it is)."""
+    prefix = "sqlite:///" if location.startswith("sqlite:///") else ""
+    path = location[len(prefix):]
+    if "://" in path or not os.path.isabs(path):
+        return location
+    return prefix + os.path.relpath(path)
+
+
+def readable(configs: pd.DataFrame, searched: list[str], ui_url: str | None, experiment_id: str | None) -> pd.DataFrame:
+    """Configurations as a reader wants them: searched fields, compression ratio, accuracy as
+    mean ± std (n seeds), and a link to the MLflow run of its first seed when a UI address is known."""
+    table = configs[searched].copy()
+    table["compression ratio"] = configs["compression_ratio"].map(lambda r: f"{r:.4f}")
+    table[ACC] = [f"{m:.2f} ± {s:.2f} ({int(n)})" if n > 1 else f"{m:.2f} (1)" for m, s, n in
+                  zip(configs["acc_after_mean_mean"], configs["acc_after_mean_std"], configs["acc_after_mean_count"])]
+    if ui_url and experiment_id and "run_id" in configs:
+        base = ui_url.rstrip("/")
+        table["MLflow"] = [f"[run]({base}/#/experiments/{experiment_id}/runs/{run_id})" if isinstance(run_id, str)
+                           else "" for run_id in configs["run_id"]]
+    return table
+
+
 def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to_mlflow: bool = True,
-                 trials: list[str] | None = None, results_files: list[str] | None = None) -> Path:
+                 trials: list[str] | None = None, results_files: list[str] | None = None,
+                 ui_url: str | None = None, log_ratio: bool = False) -> Path:
     """Write report.md and the figure files to ``out_dir``; attach them to the sweep's parent run.
 
     ``trials`` (trial ids) get a per-run view, their accuracy matrix as a heat map; default: the best trial.
@@ -37,9 +66,11 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     from mlflow.tracking import MlflowClient
 
     if results_files:
-        frame, source, log_to_mlflow = load_results_files(results_files), ", ".join(map(str, results_files)), False
+        frame, log_to_mlflow = load_results_files(results_files), False
+        source, experiment_id = ", ".join(portable(str(f)) for f in results_files), None
     else:
-        frame, source = load_trials(experiment, tracking_uri), tracking_uri
+        frame, source = load_trials(experiment, tracking_uri), portable(tracking_uri)
+        experiment_id = MlflowClient(tracking_uri).get_experiment_by_name(experiment).experiment_id
     if frame.empty:
         raise ValueError(f"experiment {experiment!r} at {source} holds no trial runs")
     unknown = sorted(set(trials or []) - set(frame["trial_id"]))
@@ -49,8 +80,8 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     if not trials and not completed.empty:
         trials = [completed.loc[completed["acc_after_mean"].idxmax(), "trial_id"]]
     out_dir = Path(out_dir)
-    figure = fig_a7(frame, out_dir, experiment=experiment)
-    client = MlflowClient(tracking_uri)
+    figure = fig_a7(frame, out_dir, experiment=experiment, log_ratio=log_ratio)
+    client = None if results_files else MlflowClient(tracking_uri)  # results files: MLflow is not touched
     heatmaps = {}
     for trial_id in trials or []:
         row = frame[frame["trial_id"] == trial_id].iloc[0]
@@ -60,14 +91,13 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
         if matrix:
             heatmaps[trial_id] = accuracy_heatmap(matrix, out_dir / f"acc_matrix_{trial_id}.png", title)
     configs = aggregate_seeds(frame)
-    searched = [c for c in configs.columns if configs[c].nunique() > 1
-                and not c.startswith(("acc_", "forgetting", "compression_ratio"))]
+    searched = [c for c in config_columns(configs) if configs[c].nunique() > 1]  # what differs between rows
     top = configs.sort_values("acc_after_mean_mean", ascending=False).head(10)
     pareto = configs[pareto_front(configs, "acc_after_mean_mean")].sort_values("compression_ratio")
     binned = configs.assign(ratio_bin=pd.cut(configs["compression_ratio"], RATIO_BINS).astype(str))
     by_bin = binned.groupby("ratio_bin", observed=True)["acc_after_mean_mean"].agg(["count", "mean", "max"]).reset_index()
+    by_bin.columns = ["compression ratio", "configurations", "mean acc after", "best acc after"]
     counts = frame["status"].value_counts()
-    shown = searched + ["compression_ratio", "acc_after_mean_mean", "acc_after_mean_std", "acc_after_mean_count"]
 
     lines = [f"# Sweep report: {experiment}", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{source}`.", "",
@@ -76,8 +106,9 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
              f"- configurations (seeds aggregated): {len(configs)}",
              f"- total training time: {frame['train_seconds'].sum() / 3600:.2f} h "
              f"(benchmarks: {', '.join(sorted(frame['benchmark'].unique()))})", "",
-             "![Fig. A7](fig_a7.png)", "", "## Top configurations", "", _table(top[shown]),
-             "## Pareto set (accuracy vs compression ratio)", "", _table(pareto[shown]),
+             "![Fig. A7](fig_a7.png)", "", "## Top configurations", "",
+             _table(readable(top, searched, ui_url, experiment_id)),
+             "## Pareto set (accuracy vs compression ratio)", "", _table(readable(pareto, searched, ui_url, experiment_id)),
              "## Accuracy by compression-ratio bin", "", _table(by_bin)]
     for trial_id, path in heatmaps.items():
         lines += [f"## Accuracy matrix of {trial_id}", "", f"![accuracy matrix of {trial_id}]({path.name})", ""]
@@ -101,7 +132,8 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
 def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out or f"reports/{args.experiment}")
     try:
-        report = write_report(args.experiment, args.tracking_uri, out, trials=args.trial, results_files=args.results)
+        report = write_report(args.experiment, args.tracking_uri, out, trials=args.trial, results_files=args.results,
+                              ui_url=args.ui_url, log_ratio=args.log_ratio)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     logged = "" if args.results else "; also logged to the sweep's parent run"
@@ -119,4 +151,6 @@ def add_report_parser(sub, parser_class) -> None:
     p.add_argument("--results", nargs="+", metavar="FILE.jsonl",
                    help="read the trials from these results files (bench/gpu_pool.py), merged, instead of MLflow; "
                         "EXPERIMENT is then only the report's title")
+    p.add_argument("--ui-url", metavar="URL", help="MLflow UI address (e.g. http://127.0.0.1:5000): one run link per table row")
+    p.add_argument("--log-ratio", action="store_true", help="Fig. A7 with a log-scale compression axis")
     p.set_defaults(func=cmd_report)

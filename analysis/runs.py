@@ -22,6 +22,8 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
     With ``with_matrix`` an ``acc_matrix`` column holds each trial's accuracy matrix
     (rows: after task i; entries: accuracy on task j <= i), rebuilt from the per-task metrics.
     """
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise ValueError(f"no MLflow store at {tracking_uri}")  # MLflow would create an empty one
     found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
     if found is None:
         raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri}")
@@ -89,6 +91,8 @@ def aggregate_seeds(frame: pd.DataFrame, metrics: tuple[str, ...] = ("acc_after_
     out = grouped[list(metrics)].agg(["mean", "std", "count"])
     out.columns = [f"{m}_{s}" for m, s in out.columns]
     out["compression_ratio"] = grouped["compression_ratio"].first()
+    if "run_id" in done:
+        out["run_id"] = grouped["run_id"].first()  # of the first seed: a link into the MLflow UI
     return out.reset_index()
 
 

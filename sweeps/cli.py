@@ -112,8 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"compression={row['compression_ratio']:.4f}  " + " ".join(f"{k}={v}" for k, v in cfg.items()))
     if not summary["state"].get("finished"):
         print(f"sweep not finished: run `hnet sweep run {args.spec} --resume` to complete it", file=sys.stderr)
-    print(f"results: mlflow ui --backend-store-uri {spec.tracking_uri}   (experiment {spec.experiment!r}; "
-          f"Tune folder {summary['sweep_dir']})")
+    print(f"results: hnet ui --tracking-uri {spec.tracking_uri} --experiment {spec.experiment}   (opens on the trial "
+          f"runs); hnet report {spec.experiment} --tracking-uri {spec.tracking_uri}   (Fig. A7 and tables, also "
+          f"attached to the sweep's run); Tune folder {summary['sweep_dir']}")
     return 0
 
 

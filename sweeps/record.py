@@ -32,6 +32,27 @@ ERROR_FILE = "error_file"
 RESULTS_ARTIFACT, MATRIX_ARTIFACT = "results.json", "acc_matrix.csv"
 
 
+VIEW = "trials"  # the experiment's saved MLflow UI view of its trial runs (``runs_view``)
+VIEW_TAG = "mlflow.sharedViewState." + VIEW  # MLflow 3 reads a shared view's state from this experiment tag
+UI_METRICS = ("acc_after_mean", "compression_ratio", "acc_during_mean", "forgetting", "task_inference_acc")
+UI_TAGS = (BENCHMARK, METHOD, SCENARIO, STATUS)
+
+
+def runs_view(searched: list[str]) -> dict[str, Any]:
+    """The UI state of the view a user lands on: trial runs only (not nested under the sweep's parent),
+    best first, with accuracy, compression ratio, benchmark/method/scenario and the searched
+    fields as columns."""
+    columns = [f"metrics.`{m}`" for m in UI_METRICS] + [f"params.`{p}`" for p in [*searched, "seed"]] + \
+        [f"tags.`{t}`" for t in UI_TAGS]
+    return {"searchFilter": f"tags.{ROLE} = '{ROLE_TRIAL}'", "orderByKey": f"metrics.`{UI_METRICS[0]}`",
+            "orderByAsc": False, "selectedColumns": columns, "runsExpanded": {}}
+
+
+def runs_view_url(ui_url: str, experiment_id: str) -> str:
+    """The UI's model-training mode (its default is GenAI, whose landing page shows traces) on this view."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW}"
+
+
 def acc_task_metric(task: int) -> str:
     return f"acc_task_{task}"
 

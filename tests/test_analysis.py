@@ -102,13 +102,31 @@ def test_report_heat_map_of_a_chosen_failed_trial(store, tmp_path):
         write_report("a", uri, tmp_path / "x", log_to_mlflow=False, trials=["nope"])
 
 
-def test_report_of_unknown_experiment_is_one_line_error(store, tmp_path):
+@pytest.mark.parametrize("command", ["report-unknown", "report-empty", "report-no-store", "ui-no-store", "ui-port-in-use"])
+def test_bad_queries_are_one_line_errors(store, tmp_path, command):
+    """Queries on a missing store, an unknown or empty experiment, or a port in use: one line, exit 2,
+    nothing written (no report folder, no new SQLite file)."""
+    import mlflow
+
     uri, _ = store
-    proc = subprocess.run([sys.executable, "-m", "hnet.cli", "report", "nope", "--tracking-uri", uri,
-                           "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f"hnet: error: no MLflow experiment named 'nope' at {uri}"]
-    assert not (tmp_path / "r").exists()
+    missing = f"sqlite:///{tmp_path}/none.db"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        if command == "report-empty":
+            mlflow.tracking.MlflowClient(uri).create_experiment(f"empty-{tmp_path.name}")
+        args, message = {
+            "report-unknown": (["report", "nope", "--tracking-uri", uri], f"no MLflow experiment named 'nope' at {uri}"),
+            "report-empty": (["report", f"empty-{tmp_path.name}", "--tracking-uri", uri], "holds no trial runs"),
+            "report-no-store": (["report", "a", "--tracking-uri", missing], f"no MLflow store at {missing}"),
+            "ui-no-store": (["ui", "--tracking-uri", missing], f"no MLflow store at {missing}"),
+            "ui-port-in-use": (["ui", "--tracking-uri", uri, "--port", str(busy.getsockname()[1])], "choose another --port"),
+        }[command]
+        proc = subprocess.run([sys.executable, "-m", "hnet.cli", *args, *(["--out", str(tmp_path / "r")] * args[0].startswith("r"))],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("hnet: error:") and message in lines[0], proc.stderr
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 
 
 @contextlib.contextmanager
@@ -175,17 +193,37 @@ def test_browser_lists_the_experiments_runs(store, tmp_path):
     assert len(trials) == 8
 
     def render(url: str) -> str:  # the DOM after the app has fetched and drawn its data
-        # A fresh profile and no background traffic: the browser talks to loopback only.
+        # A fresh profile (a first visit) and no background traffic: the browser talks to loopback only.
+        # A wide window: the table draws only the columns that fit.
+        profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-extensions", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--dump-dom"]
+                 "--disable-background-networking", "--disable-extensions", "--disable-sync", "--window-size=3000,1400",
+                 f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom"]
         return subprocess.run([browser, *flags, url], capture_output=True, text=True, timeout=180).stdout
 
+    def text(dom: str) -> str:  # visible text, cells separated by " | "
+        import html as html_lib
+
+        body = re.sub(r"<script.*?</script>|<style.*?</style>", "", dom, flags=re.S)
+        return html_lib.unescape(re.sub(r"(\s*\|\s*)+", " | ", re.sub(r"<[^>]+>", " | ", body)))
+
+    from sweeps.record import runs_view_url
+
     with mlflow_ui(uri, workdir) as base:
-        runs_page = render(f"{base}/#/experiments/{experiment_id}/runs")
+        landing = render(f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning")  # the experiment's page
+        view = render(runs_view_url(base, experiment_id))  # what `hnet ui` prints
         run_ids = urllib.parse.quote(json.dumps([r.info.run_id for r in trials]))
         compare_page = render(f"{base}/#/compare-runs?runs={run_ids}&experiments=%5B%22{experiment_id}%22%5D")
-    assert "Runs - Experiment" in runs_page and sweep.info.run_name in runs_page, runs_page[:2000]
+    # in model-training mode the experiment opens on its runs, not on MLflow 3's GenAI (traces) overview
+    assert "Runs - Experiment" in text(landing) and "No data" not in landing and sweep.info.run_name in landing, \
+        text(landing)[:2000]
+    assert "Runs - Experiment" in text(view) and "No data" not in view
+    # the saved view: every trial as a row (not folded under the sweep's run), with the answer as columns
+    shown = text(view)
+    assert "matching runs" in shown and all(r.info.run_name in shown for r in trials), shown[:3000]
+    header = shown[shown.index("Run Name"):shown.index(trials[0].info.run_name)]  # the visible column headers
+    for column in ("acc_after_mean", "compression_ratio", "beta", "lr", "benchmark", "method"):
+        assert column in header, header
     assert "Compare Runs" in compare_page and "acc_after_mean" in compare_page
     missing = {r.info.run_name for r in trials if r.info.run_name not in compare_page}
     assert not missing, f"trials not shown in the UI: {missing}"
