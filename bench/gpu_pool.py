@@ -85,7 +85,11 @@ def main() -> int:
     runtime = spec.runtime.replace(data_root=args.data_root, device=args.device,
                                    **{"threads": max(1, cores // args.workers), **runtime}).to_dict()
     configs = spec_configs(spec)
-    print(f"{spec.name}: {len(configs)} trials, {args.workers} at a time", flush=True)
+    done_before = {json.dumps(json.loads(line)["config"], sort_keys=True)
+                   for line in open(args.out) if line.strip()} if os.path.exists(args.out) else set()
+    configs = [c for c in configs if json.dumps(c.to_dict(), sort_keys=True) not in done_before]  # a part run before
+    print(f"{spec.name}: {len(configs)} trials to run ({len(done_before)} already in {args.out}), "
+          f"{args.workers} at a time", flush=True)
     started = time.perf_counter()
     done = 0
     with open(args.out, "a") as out, cf.ProcessPoolExecutor(

@@ -122,7 +122,8 @@ class TrainConfig(Fields):
     multi_head: bool = option(False, "one output head per task, only the current task's head used")
     # hypernetwork
     hnet_hidden: tuple[int, ...] = option((25, 25), "hypernetwork hidden sizes, e.g. 25,25 ('' = none)")
-    hnet_activation: str = option("elu", "hypernetwork activation", ACTIVATIONS)
+    hnet_activation: str = option("relu", "hypernetwork activation (ReLU stays non-linear at hyperfan's small "
+                                          "embedding scale, docs/init.md)", ACTIVATIONS)
     chunk_size: int = option(2000, "target weights generated per hypernetwork call (chunk)")
     task_emb_dim: int = option(24, "task embedding size")
     chunk_emb_dim: int = option(8, "chunk embedding size")

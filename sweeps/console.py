@@ -67,22 +67,24 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressLine(tune.ProgressReporter):
-    """Every ``every`` seconds one line: trials done / in progress / failed / pruned, the best so far,
-    elapsed time and a rough ETA; each failed trial once, with its error file. (Tune pickles its
-    reporter with the experiment, so it holds no stream: it prints to ``terminal()``.)"""
+    """One line whenever trials end (and at least every ``every`` seconds): trials done / in progress /
+    failed / pruned, the best so far, elapsed time and a rough ETA; each failed trial once, with its
+    error file. (Tune pickles its reporter with the experiment, so it holds no stream: it prints to
+    ``terminal()``.)"""
 
-    def __init__(self, total: int, metric: str, mode: str, num_tasks: int, every: float = 15.0) -> None:
+    def __init__(self, total: int, metric: str, mode: str, num_tasks: int, every: float = 300.0) -> None:
         self.total, self.metric, self.mode, self.num_tasks, self.every = total, metric, mode, num_tasks, every
         self.started = time.time()
         self.last_report = 0.0
+        self.last_ended = -1
         self.reported_errors: set[str] = set()
 
     def setup(self, start_time=None, total_samples=None, metric=None, mode=None, **kwargs) -> None:
         self.started = time.time()  # again after a resume
 
     def should_report(self, trials, done: bool = False) -> bool:
-        return done or time.time() - self.last_report >= self.every or any(
-            t.status == "ERROR" and t.trial_id not in self.reported_errors for t in trials)
+        ended = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        return done or ended != self.last_ended or time.time() - self.last_report >= self.every
 
     def report(self, trials, done: bool, *sys_info) -> None:
         self.last_report = time.time()
@@ -92,6 +94,7 @@ class ProgressLine(tune.ProgressReporter):
                 print(f"  trial {trial.trial_id} failed: {getattr(trial, 'error_file', None) or 'see the log'}",
                       file=terminal())
         ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        self.last_ended = len(ended)
         learned_all = [t for t in ended if t.status == "TERMINATED"
                        and (t.last_result or {}).get("tasks_done") == self.num_tasks]
         failed = sum(t.status == "ERROR" for t in trials)
