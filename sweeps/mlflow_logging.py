@@ -78,6 +78,26 @@ def finish_parent_run(tracking_uri: str, parent_run_id: str, stats: dict[str, fl
     client.set_terminated(parent_run_id, "FINISHED")
 
 
+def remove_orphan_runs(tracking_uri: str, experiment: str, sweep_id: str, trial_ids: set[str]) -> int:
+    """Delete this sweep's trial runs whose trial Tune does not know (any more); returns how many.
+
+    A driver killed within moments of a trial's first report can have logged the trial's run to
+    MLflow before Tune saved the trial in its experiment state. Restored, Tune does not know that
+    trial and the searcher hands its configuration out again under a new id: the old run would
+    stay RUNNING beside the new one, a duplicate.
+    """
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return 0
+    runs = client.search_runs([found.experiment_id], max_results=50_000, filter_string=(
+        f"tags.{record.SWEEP_ID} = '{sweep_id}' and tags.{record.ROLE} = '{record.ROLE_TRIAL}'"))
+    orphans = [r for r in runs if r.data.tags.get(record.TRIAL_ID) not in trial_ids]
+    for run in orphans:
+        client.delete_run(run.info.run_id)
+    return len(orphans)
+
+
 def accuracy_matrix_csv(matrix: list[list[float]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)

@@ -201,7 +201,8 @@ def finalise(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any], results, s
     """Counts, the parent run closed when every trial ended, the best trials."""
     from ray import tune
 
-    from .mlflow_logging import finish_parent_run
+    from .console import terminal
+    from .mlflow_logging import finish_parent_run, remove_orphan_runs
 
     frame = results.get_dataframe()
     errors = len(results.errors)
@@ -212,8 +213,13 @@ def finalise(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any], results, s
         stats.update(json.loads((sweep_dir / SEARCH_STATS).read_text()))
     # finished: every trial exists and ended. The in-memory ResultGrid calls interrupted trials
     # terminated; the persisted experiment state keeps them PENDING/RUNNING, so ask it.
-    statuses = [t.status for t in tune.ExperimentAnalysis(results.experiment_path).trials]
-    if len(statuses) >= spec.num_trials and all(s in ("TERMINATED", "ERROR") for s in statuses):
+    trials = tune.ExperimentAnalysis(results.experiment_path).trials
+    if len(trials) >= spec.num_trials and all(t.status in ("TERMINATED", "ERROR") for t in trials):
+        removed = remove_orphan_runs(state["tracking_uri"], spec.experiment, state["sweep_id"],
+                                     {t.trial_id for t in trials})
+        if removed:
+            print(f"hnet sweep: removed {removed} MLflow run(s) of trials lost when the driver was killed "
+                  f"(their configurations ran again)", file=terminal(), flush=True)
         finish_parent_run(state["tracking_uri"], state["parent_run_id"], stats)
         state["finished"] = True
         _write_state(sweep_dir, state)

@@ -228,3 +228,22 @@ def test_console_is_quiet_and_the_log_holds_the_rest(tmp_path):
     assert "Started a local Ray instance" in log.read_text() and "Checkpoint successfully created" in log.read_text()
     assert any(line.startswith("[0:") and "trials 2/2 done: 2 completed" in line for line in lines)
     assert "2 trials, 2 completed" in proc.stdout
+
+
+def test_runs_of_trials_tune_lost_are_removed(tmp_path):
+    """The duplicate-run hole: a trial whose run reached MLflow but not Tune's saved state is run again
+    under a new id after a resume; at the end its old run is removed, the sweep's other runs stay."""
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.mlflow_logging import remove_orphan_runs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("e")
+    for trial_id, sweep_id in (("a", "s1"), ("b", "s1"), ("lost", "s1"), ("other", "s2")):
+        client.create_run(experiment_id, tags={"role": "trial", "trial_id": trial_id, "sweep_id": sweep_id})
+    parent = client.create_run(experiment_id, tags={"role": "sweep", "sweep_id": "s1"})
+    assert remove_orphan_runs(uri, "e", "s1", {"a", "b"}) == 1
+    left = {r.data.tags.get("trial_id") for r in client.search_runs([experiment_id])}
+    assert left == {"a", "b", "other", None} and client.get_run(parent.info.run_id).info.lifecycle_stage == "active"
+    assert remove_orphan_runs(uri, "e", "s1", {"a", "b"}) == 0
