@@ -291,10 +291,12 @@ PRESETS["permuted_mnist_authors"] = {**PRESETS["permuted_mnist"], "beta": 0.1}
 # Tiny offline configurations (seconds on a laptop CPU).
 PRESETS["split_digits"] = dict(
     benchmark="split_digits", num_tasks=5, target_hidden=(100, 100), hnet_hidden=(25, 25),
-    chunk_size=2000, task_emb_dim=24, chunk_emb_dim=8, beta=0.05, lr=1e-3, iters=300, batch_size=64, hnet_init="xavier")
+    chunk_size=2000, task_emb_dim=24, chunk_emb_dim=8, beta=0.05, lr=1e-3, iters=300, batch_size=64, hnet_init="xavier",
+    hnet_activation="elu")
 PRESETS["permuted_digits"] = dict(
     benchmark="permuted_digits", num_tasks=5, target_hidden=(100, 100), hnet_hidden=(25, 25),
-    chunk_size=2000, task_emb_dim=24, chunk_emb_dim=8, beta=0.05, lr=1e-3, iters=300, batch_size=64, hnet_init="xavier")
+    chunk_size=2000, task_emb_dim=24, chunk_emb_dim=8, beta=0.05, lr=1e-3, iters=300, batch_size=64, hnet_init="xavier",
+    hnet_activation="elu")
 
 
 def preset(name: str) -> TrainConfig:

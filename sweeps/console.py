@@ -21,8 +21,8 @@ _terminal: TextIO | None = None  # the terminal while a Console logs to a file
 
 
 def terminal() -> TextIO:
-    """Where progress and errors go: the terminal kept aside by a Console, else stderr."""
-    return _terminal or sys.stderr
+    """Where progress goes: the terminal (standard output) kept aside by a Console, else stdout."""
+    return _terminal or sys.stdout
 
 
 class Console:
@@ -33,7 +33,7 @@ class Console:
         sys.stdout.flush()
         sys.stderr.flush()
         self._saved = (os.dup(1), os.dup(2))
-        _terminal = os.fdopen(os.dup(2), "w", buffering=1)
+        _terminal = os.fdopen(os.dup(1), "w", buffering=1)
         self.log_path: Path | None = None
 
     def log_to(self, path: Path) -> None:
