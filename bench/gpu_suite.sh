@@ -27,10 +27,10 @@ check)
     for run in split_mnist:0 split_mnist:1 split_mnist:2 permuted_mnist:0; do
         python3 - "${run%:*}" "${run#*:}" "$data" >"$out/preset_${run%:*}_${run#*:}.json" <<'EOF' &
 import json, sys
-from hnet.config import preset
+from hnet.config import Runtime, preset
 from hnet.trainer import train
 name, seed, root = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-r = train(preset(name).replace(seed=seed, data_root=root, device="cuda"))
+r = train(preset(name).replace(seed=seed), runtime=Runtime(data_root=root, device="cuda"))
 print(json.dumps({"preset": name, "seed": seed, **{k: r[k] for k in
       ("acc_after_mean", "acc_during_mean", "acc_after", "acc_matrix", "train_seconds", "iters_per_second")}}))
 EOF
