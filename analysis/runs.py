@@ -14,6 +14,12 @@ from sweeps import record
 CONFIG_FIELDS = [k for k in TrainConfig.field_names() if k != "seed"]  # identify a configuration across seeds
 
 
+def check_store(tracking_uri: str) -> None:
+    """A local SQLite store must exist (MLflow would silently create an empty one); raises ValueError."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise ValueError(f"no MLflow store at {tracking_uri}")
+
+
 def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with_matrix: bool = False) -> pd.DataFrame:
     """One row per trial run of ``experiment`` (``TrialRecord.to_row``): ids, status, config
     fields, metrics.
@@ -22,8 +28,7 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
     With ``with_matrix`` an ``acc_matrix`` column holds each trial's accuracy matrix
     (rows: after task i; entries: accuracy on task j <= i), rebuilt from the per-task metrics.
     """
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        raise ValueError(f"no MLflow store at {tracking_uri}")  # MLflow would create an empty one
+    check_store(tracking_uri)
     found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
     if found is None:
         raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri}")

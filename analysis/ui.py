@@ -6,10 +6,11 @@ import argparse
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 from hnet.config import UserError
 from sweeps import record
+
+from .runs import check_store
 
 
 def check_port(host: str, port: int) -> None:
@@ -40,8 +41,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = args.tracking_uri
     if uri.startswith(("http://", "https://")):
         raise UserError(f"{uri} is a tracking server: open it in a browser instead")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise UserError(f"no MLflow store at {uri}")
+    try:
+        check_store(uri)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     check_port(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI for {uri}: {base}  (Ctrl-C stops it)", flush=True)

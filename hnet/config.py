@@ -87,7 +87,7 @@ class Fields:
         unknown = sorted(set(values) - set(types))
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-        return cls(**{k: _coerce(k, types[k], v) for k, v in values.items()})
+        return cls(**{k: coerce(k, types[k], v) for k, v in values.items()})
 
     def replace(self, **changes: Any):
         return type(self).from_dict({**self.to_dict(), **changes})
@@ -228,8 +228,9 @@ class Runtime(Fields):
 
 def split_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A flat mapping of either kind of field -> (experiment fields, runtime fields); unknown keys raise."""
-    experiment = {k: v for k, v in values.items() if k in TrainConfig.field_names()}
-    runtime = {k: v for k, v in values.items() if k in Runtime.field_names()}
+    experiment_names, runtime_names = set(TrainConfig.field_names()), set(Runtime.field_names())
+    experiment = {k: v for k, v in values.items() if k in experiment_names}
+    runtime = {k: v for k, v in values.items() if k in runtime_names}
     unknown = sorted(set(values) - set(experiment) - set(runtime))
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
@@ -247,8 +248,8 @@ def parse_sizes(value: Any) -> tuple[int, ...]:
         raise ConfigError(f"layer sizes must be comma-separated integers, got {value!r}") from None
 
 
-def _coerce(key: str, kind: str, value: Any) -> Any:
-    """Turn YAML/CLI/MLflow values into the field's type with a one-line error."""
+def coerce(key: str, kind: str, value: Any) -> Any:
+    """Turn YAML/CLI/MLflow values into the field's type (``kind``: its annotation) with a one-line error."""
     if kind.startswith("tuple"):
         return parse_sizes(value)
     try:

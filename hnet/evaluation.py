@@ -35,9 +35,10 @@ def target_logits(cfg: TrainConfig, target, weights: torch.Tensor, x: torch.Tens
     return logits[:, :seen * cfg.spec.classes_per_task] if cfg.scenario == "cl3" else logits
 
 
-def train_logits(cfg: TrainConfig, target, weights: torch.Tensor, x: torch.Tensor, task: int) -> torch.Tensor:
-    """Logits while learning ``task``: a hypernetwork's target always sees its task's classes
-    (task-specific weights); a target trained directly its head or, in cl3, the classes so far."""
+def task_logits(cfg: TrainConfig, target, weights: torch.Tensor, x: torch.Tensor, task: int) -> torch.Tensor:
+    """Logits with the task given (training, and cl1 at test): a hypernetwork's target always sees
+    its task's classes (task-specific weights); a target trained directly its head or, in cl3, the
+    classes so far."""
     if cfg.method == "hnet":
         return target_forward(target, weights, x, task)
     return target_logits(cfg, target, weights, x, task, task + 1)
@@ -80,9 +81,7 @@ def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, 
             x = bench.inputs(t, part, split.rows[start:start + batch_size])
             y = global_labels(cfg, split.labels[start:start + batch_size], t)
             if cfg.scenario == "cl1":
-                logits = target_forward(target, weights[t], x, t) if cfg.method == "hnet" else \
-                    target_logits(cfg, target, weights[t], x, t, seen)
-                pred, task = logits.argmax(1), None
+                pred, task = task_logits(cfg, target, weights[t], x, t).argmax(1), None
             else:
                 pred, task = predict_without_task(cfg, target, weights, x, seen)
             correct += (pred == y).sum().item()

@@ -20,7 +20,7 @@ from .config import Runtime, TrainConfig
 from .data import Benchmark, load_benchmark
 from .graphs import CapturedStep
 from .baselines import FISHER_SAMPLES, WeightPenalty, diagonal_fisher, task_log_probs
-from .evaluation import evaluate, train_labels, train_logits
+from .evaluation import evaluate, task_logits, train_labels
 from .models import build_models, dead_unit_fraction
 from .regularizer import adam_lookahead, output_regularizer, snapshot
 from .results import result_dict
@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             optimizer.zero_grad(set_to_none=True)
             weights = hnet(embedding[None], padded=True)[0]
-            loss_task = F.cross_entropy(train_logits(cfg, target, weights, x, task), train_labels(cfg, y, task))
+            loss_task = F.cross_entropy(task_logits(cfg, target, weights, x, task), train_labels(cfg, y, task))
             loss_task.backward()
             loss_reg = None
             if regularize:

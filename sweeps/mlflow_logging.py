@@ -54,8 +54,7 @@ def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
     """Create the sweep's parent run and the experiment's runs view; returns the run's id."""
     client = MlflowClient(spec.tracking_uri)
     experiment_id = get_experiment_id(client, spec.experiment)
-    searched = [k for k in spec.space if k != "hnet_hidden"] + ["hnet_hidden"] * ("hnet_hidden" in spec.space)
-    client.set_experiment_tag(experiment_id, record.VIEW_TAG, json.dumps(record.runs_view(searched)))
+    client.set_experiment_tag(experiment_id, record.VIEW_TAG, json.dumps(record.runs_view(list(spec.space))))
     client.set_experiment_tag(experiment_id, "mlflow.note.content",
                               f"Sweep `{spec.name}` ({spec.source or 'spec'}): {spec.base.benchmark}, {spec.base.method}, "
                               f"{spec.base.scenario}; searched: {', '.join(spec.space)}; {spec.algorithm} search, "

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from hnet.config import ConfigError, Runtime, TrainConfig, UserError, preset
+from hnet.config import ConfigError, Runtime, TrainConfig, UserError, coerce, preset
 from hnet.counts import count_weights
 
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
@@ -148,9 +148,9 @@ def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
         section, key = where.split(".") if "." in where else ("", where)
         if key in sections[section]:
             try:
-                values[f.name] = {"int": int, "float": float, "str": str}[f.type](sections[section][key])
-            except (TypeError, ValueError):
-                raise SpecError(f"{where} must be of type {f.type}, got {sections[section][key]!r}") from None
+                values[f.name] = coerce(where, f.type, sections[section][key])
+            except ConfigError as exc:
+                raise SpecError(str(exc)) from None
     spec = SweepSpec(name=str(raw.get("name") or Path(source).stem or "sweep"), base=base,
                      space=dict(_mapping(raw.get("space"), "space")), runtime=runtime, source=source, **values)
     spec.experiment = spec.experiment or spec.name
