@@ -8,6 +8,7 @@
 #   hnet sweep run smoke --address "$RAY_ADDRESS"
 #   cluster/local_cluster.sh status
 #   cluster/local_cluster.sh kill-worker 1       # SIGKILL every process of worker node 1 (a lost machine)
+#   cluster/local_cluster.sh start-worker 1      # bring it back (a replaced machine)
 #   cluster/local_cluster.sh stop
 #
 # Settings (environment): HNET_CLUSTER_DIR (state, logs, token; default .ray-local), HNET_RAY_PORT
@@ -31,20 +32,21 @@ ray_env() {  # every node and every driver must present the same token
     export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/auth_token" RAY_USAGE_STATS_ENABLED=0
 }
 
-wait_for_nodes() {  # until $1 nodes are alive, or fail after 120 s
-    local want=$1 python
+wait_for_nodes() {  # until $1 nodes are alive (with resource $2: exactly $1 such nodes), or fail after 120 s
+    local want=$1 resource=${2:-} python
     python=$(dirname "$RAY")/python
     for _ in $(seq 120); do
-        got=$("$python" - "$ADDRESS" 2>/dev/null <<'EOF' || true
+        got=$("$python" - "$ADDRESS" "$resource" 2>/dev/null <<'EOF' || true
 import sys, ray
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
-print(sum(node["Alive"] for node in ray.nodes()))
+print(sum(node["Alive"] and (not sys.argv[2] or sys.argv[2] in node["Resources"]) for node in ray.nodes()))
 EOF
 )
-        [ "${got:-0}" -ge "$want" ] && return 0
+        if [ -n "$resource" ]; then [ "${got:--1}" -eq "$want" ] && return 0
+        else [ "${got:-0}" -ge "$want" ] && return 0; fi
         sleep 1
     done
-    die "only ${got:-0} of $want nodes came up; logs in $STATE/*.log"
+    die "${got:-0} nodes${resource:+ with $resource} alive, waited for $want; logs in $STATE/*.log"
 }
 
 start() {
@@ -65,17 +67,34 @@ start() {
     echo $! > "$STATE/head.pid"
     wait_for_nodes 1
     for i in $(seq "$workers"); do
-        setsid "$RAY" start --block --address "$ADDRESS" --node-ip-address 127.0.0.1 --num-cpus "$WORKER_CPUS" \
-            --num-gpus "$WORKER_GPUS" --resources "{\"local_worker_$i\": 1}" --include-log-monitor false \
-            > "$STATE/worker_$i.log" 2>&1 < /dev/null &
-        echo $! > "$STATE/worker_$i.pid"
         # One at a time: a node must register within Ray's fixed 30 s, which a cold start of several
         # nodes at once on a small machine can miss.
+        start_node "$i"
         wait_for_nodes $((i + 1))
-    done  # (no log monitors on workers: all nodes share the head's log folder, whose monitor forwards it)
+    done
     printf 'export RAY_ADDRESS=%s RAY_AUTH_MODE=%s RAY_AUTH_TOKEN_PATH=%s RAY_USAGE_STATS_ENABLED=%s\n' \
         "$ADDRESS" "$RAY_AUTH_MODE" "$RAY_AUTH_TOKEN_PATH" "$RAY_USAGE_STATS_ENABLED" > "$STATE/env"  # as ray_env
     echo "local_cluster: up. For drivers: source $STATE/env && hnet sweep run smoke --address \$RAY_ADDRESS"
+}
+
+start_node() {  # worker node $1 (no log monitor: all nodes share the head's log folder, whose monitor forwards it)
+    setsid "$RAY" start --block --address "$ADDRESS" --node-ip-address 127.0.0.1 --num-cpus "$WORKER_CPUS" \
+        --num-gpus "$WORKER_GPUS" --resources "{\"local_worker_$1\": 1}" --include-log-monitor false \
+        >> "$STATE/worker_$1.log" 2>&1 < /dev/null &
+    echo $! > "$STATE/worker_$1.pid"
+}
+
+start_worker() {  # bring back a killed worker node (a replaced machine), or add one
+    local i=${1:?usage: start-worker INDEX}
+    [[ "$i" =~ ^[0-9]+$ ]] || die "INDEX must be a number, got '$i'"
+    alive "$STATE/head.pid" || die "no cluster is running from $STATE (start it first)"
+    alive "$STATE/worker_$i.pid" && die "worker node $i is already running"
+    STATE=$(cd "$STATE" && pwd)
+    ray_env
+    wait_for_nodes 0 "local_worker_$i"  # Ray has marked the killed node dead (after missed health checks)
+    start_node "$i"
+    wait_for_nodes 1 "local_worker_$i"
+    echo "local_cluster: worker node $i up (process group $(cat "$STATE/worker_$i.pid"))"
 }
 
 stop_group() {  # SIGTERM a node's process group (Ray drains), SIGKILL what is left after 40 s
@@ -107,6 +126,7 @@ kill_worker() {
     local pidfile="$STATE/worker_${1:?usage: kill-worker INDEX}.pid"
     alive "$pidfile" || die "worker node $1 is not running"
     kill -KILL -- "-$(cat "$pidfile")"
+    for _ in $(seq 100); do alive "$pidfile" || break; sleep 0.1; done  # SIGKILL is delivered asynchronously
     echo "local_cluster: killed worker node $1 (process group $(cat "$pidfile"))"
 }
 
@@ -115,5 +135,6 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     kill-worker) kill_worker "${2:-}" ;;
-    *) echo "usage: $0 start [WORKERS] | stop | status | kill-worker INDEX" >&2; exit 2 ;;
+    start-worker) start_worker "${2:-}" ;;
+    *) echo "usage: $0 start [WORKERS] | stop | status | kill-worker INDEX | start-worker INDEX" >&2; exit 2 ;;
 esac

@@ -107,7 +107,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
             console.log_to(sweep_dir / LOG_FILE)
             print(f"hnet sweep: Ray, Tune, MLflow and trial output go to {sweep_dir / LOG_FILE} (--verbose: here)",
                   file=terminal(), flush=True)
-        tuner = restore_tuner(spec, sweep_dir) if found else build_tuner(spec, sweep_dir, state)
+        tuner = restore_tuner(spec, sweep_dir) if found else None
+        if tuner is None:
+            tuner = build_tuner(spec, sweep_dir, state)
         results = tuner.fit()
         return finalise(spec, sweep_dir, state, results, started)
     finally:
@@ -140,6 +142,8 @@ def find_unfinished(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
 
 
 def restore_tuner(spec: SweepSpec, sweep_dir: Path):
+    """Tune's experiment in ``sweep_dir`` restored, or None when the driver died before Tune saved it
+    (the sweep then starts again in the same folder and MLflow run; runs it began are removed at the end)."""
     from ray import tune
 
     from .console import terminal
@@ -149,7 +153,9 @@ def restore_tuner(spec: SweepSpec, sweep_dir: Path):
         print(f"hnet sweep: Tune's experiment state was cut off when the driver died; "
               f"restored its last complete copy from {sweep_dir / STATE_BACKUP}", file=terminal(), flush=True)
     if not tune.Tuner.can_restore(str(sweep_dir)):
-        raise SpecError(f"--resume: {sweep_dir} holds no restorable Tune experiment")
+        print(f"hnet sweep: {sweep_dir} was stopped before Tune saved any trial; starting it again",
+              file=terminal(), flush=True)
+        return None
     print(f"hnet sweep: resuming {sweep_dir}", file=terminal(), flush=True)
     return tune.Tuner.restore(str(sweep_dir), trainable=_trainable(spec), resume_unfinished=True, resume_errored=True)
 

@@ -161,3 +161,121 @@ def test_killed_worker_node_costs_only_the_unfinished_task(cluster, tmp_path):
     assert len(alive_workers) == 1 and {r.data.tags["ray_node_id"] for r in runs} == alive_workers, nodes
     status = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True)
     assert "worker_1: dead" in status.stdout and "worker_2: running" in status.stdout
+
+
+# ---- chaos: many random kills of the driver and of worker nodes, one sweep ----------------------
+
+CHAOS_TRIALS, CHAOS_TASKS = 8, 3
+
+
+def cluster_script(env: dict, *args: str) -> None:
+    done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float) -> bool:
+    """Poll ``condition`` until true (True), the driver exits or time runs out (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sweep_survives_random_kills_of_driver_and_workers(cluster, tmp_path):
+    """SIGKILL the driver at random moments (some within a second of a trial starting or of its
+    first report, when its MLflow run exists but Tune may not have saved the trial yet) and worker
+    nodes, resume each time; the records must end as if nothing had happened."""
+    import random
+
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from sweeps import record
+    from sweeps.search import SweepSearcher
+    from sweeps.spec import load_spec
+
+    env, state = cluster
+    for pidfile in state.glob("worker_*.pid"):  # bring back nodes an earlier test killed
+        if subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True
+                          ).stdout.count(f"{pidfile.stem}: dead"):
+            cluster_script(env, "start-worker", pidfile.stem.split("_")[1])
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "chaos", "base": {"preset": "split_digits", "num_tasks": CHAOS_TASKS, "iters": 300, "batch_size": 32},
+        "space": {"beta": [0.005, 0.01, 0.05, 0.1], "lr": [0.001, 0.002]}, "search": {"algorithm": "grid",
+        "max_concurrent": 2}, "num_samples": CHAOS_TRIALS, "max_failures": 10,
+        "mlflow": {"experiment": "chaos", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        "storage_path": str(tmp_path / "ray_results")}))
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    storage = tmp_path / "ray_results"
+
+    def trial_dirs() -> set[Path]:
+        return set(storage.glob("chaos-*/trial_*"))
+
+    def first_reports() -> set[Path]:
+        return set(storage.glob("chaos-*/trial_*/checkpoint_000000"))
+
+    # what each driver run suffers before its SIGKILL; the last run goes to the end
+    plan = ["random", "trial start", "first report", "worker 1, random", "trial start", "worker 2, first report",
+            "random"]
+    kills = []
+    for i, what in enumerate(plan):
+        out = tmp_path / f"driver_{i}.log"
+        proc = start_sweep(spec_path, env, out, *(["--resume"] if i else []))
+        started = time.time()
+        assert wait_for(lambda: any(storage.glob("chaos-*/hnet_sweep.json")), proc, 120), out.read_text()[-3000:]
+        if what.startswith("worker"):
+            node = what.split(",")[0].split()[1]
+            wait_for(lambda: False, proc, rng.uniform(2, 8))
+            cluster_script(env, "kill-worker", node)
+            kills.append(f"worker {node}")
+            cluster_script(env, "start-worker", node)  # the machine comes back (Ray marks the old node dead first)
+        before, reports = trial_dirs(), first_reports()
+        if what.endswith("random"):
+            hit = wait_for(lambda: False, proc, rng.uniform(1, 12)) or proc.poll() is None
+        elif what.endswith("trial start"):
+            hit = wait_for(lambda: trial_dirs() - before, proc, 120)
+        else:
+            hit = wait_for(lambda: first_reports() - reports, proc, 120)
+        assert hit and proc.poll() is None, f"the sweep ended before kill {i + 1} ({what}):\n" + out.read_text()[-3000:]
+        delay = rng.uniform(0, 1) if not what.endswith("random") else 0.0
+        time.sleep(delay)
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        kills.append(f"driver {time.time() - started:.1f}s after its start"
+                     + (f", {delay:.2f}s after a {what.split(', ')[-1]}" if delay else ""))
+        print(f"chaos: {kills[-1]}", flush=True)
+    final = start_sweep(spec_path, env, tmp_path / "final.log", "--resume")
+    assert final.wait(timeout=900) == 0, (tmp_path / "final.log").read_text()[-3000:]
+    print(f"\nchaos (seed {seed}): survived {len(kills)} kills: " + "; ".join(kills))
+
+    sweep_dir = next(storage.glob("chaos-*"))
+    assert json.loads((sweep_dir / "hnet_sweep.json").read_text())["finished"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("chaos").experiment_id
+    runs = client.search_runs([experiment], f"tags.{record.ROLE} = '{record.ROLE_TRIAL}'", max_results=1000)
+    every = client.search_runs([experiment], run_view_type=ViewType.ALL, max_results=1000)
+    print(f"chaos: {len(runs)} trial runs, {len(every) - len(runs) - 1} removed as orphans of lost trials")
+    trial_ids = [r.data.tags[record.TRIAL_ID] for r in runs]
+    assert len(runs) == CHAOS_TRIALS and len(set(trial_ids)) == CHAOS_TRIALS, sorted(trial_ids)
+    assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags[record.STATUS] == "completed", run.data.tags
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "acc_after_mean")]
+        assert sorted(steps) == list(range(CHAOS_TASKS)), (run.data.tags[record.TRIAL_ID], steps)
+        for task in range(CHAOS_TASKS):
+            history = client.get_metric_history(run.info.run_id, record.acc_task_metric(task))
+            assert sorted(m.step for m in history) == list(range(task, CHAOS_TASKS)), (task, history)
+    # the searcher's Optuna study (saved with Tune's state) told exactly these trials their results
+    searcher = SweepSearcher(load_spec(str(spec_path)))
+    searcher.restore(str(sorted(sweep_dir.glob("searcher-state-*.pkl"))[-1]))
+    study = searcher.study
+    assert len(study.trials) == CHAOS_TRIALS and all(t.state.name == "COMPLETE" for t in study.trials), study.trials
+    told = {group: g["mean"]["acc_after_mean"] for group, g in searcher.groups.items() if "mean" in g}
+    logged = {r.data.tags[record.CONFIG_GROUP]: r.data.metrics["acc_after_mean"] for r in runs}
+    assert told.keys() == logged.keys(), (told, logged)
+    assert all(told[g] == pytest.approx(logged[g]) for g in told), (told, logged)
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(logged.values()))
