@@ -53,7 +53,9 @@ def fig_a7(frame: pd.DataFrame, out_dir: str | Path, experiment: str = "", log_r
                        label=f"paper HNET CL1 ({PAPER_ACCURACY[benchmark]}%)")
         if log_ratio:
             ax.set_xscale("log")
-        ax.set_xlabel("compression ratio (hypernetwork / target weights" + (", log scale)" if log_ratio else ")"))
+        # compression_ratio, not compression_ratio_with_task_embeddings (the authors' count): say which
+        ax.set_xlabel("compression ratio: hypernetwork weights (task embeddings not counted) / target weights"
+                      + (", log scale" if log_ratio else ""), fontsize=9)
         ax.set_ylabel("final mean accuracy acc_after (%)")
         ax.set_title(TITLES.get(benchmark, benchmark), fontsize=11)
         ax.grid(alpha=0.3, which="both" if log_ratio else "major")

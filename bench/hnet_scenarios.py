@@ -95,6 +95,8 @@ def main() -> None:
     overrides, run = split_fields(dict(item.split("=", 1) for item in args.set))
     runtime = Runtime(data_root=args.data_root, device=args.device, threads=args.threads).replace(**run).validate()
     base = preset(args.preset).replace(**overrides).replace(method="hnet", scenario="cl1")
+    if base.multi_head:
+        ap.error("a multi-head target needs the task identity to pick its head: CL1 only (use hnet train)")
     out = Path(args.out)
     key = lambda line: (line["preset"], json.dumps(line["set"], sort_keys=True), line["seed"])  # noqa: E731
     done = {key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
