@@ -2,7 +2,7 @@
 separate `ray start` processes on loopback) surviving a killed driver and a killed worker node.
 
 The tests share one cluster and run in file order: the driver test needs both workers, the
-worker-kill test leaves one.
+worker-kill test leaves one, the chaos test brings it back (`local_cluster.sh start-worker`).
 """
 import json
 import os
@@ -196,11 +196,10 @@ def test_sweep_survives_random_kills_of_driver_and_workers(cluster, tmp_path):
     from sweeps.search import SweepSearcher
     from sweeps.spec import load_spec
 
-    env, state = cluster
-    for pidfile in state.glob("worker_*.pid"):  # bring back nodes an earlier test killed
-        if subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True
-                          ).stdout.count(f"{pidfile.stem}: dead"):
-            cluster_script(env, "start-worker", pidfile.stem.split("_")[1])
+    env, _ = cluster
+    status = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True).stdout
+    for node in re.findall(r"worker_(\d+): dead", status):  # bring back nodes an earlier test killed
+        cluster_script(env, "start-worker", node)
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({
         "name": "chaos", "base": {"preset": "split_digits", "num_tasks": CHAOS_TASKS, "iters": 400, "batch_size": 32},
