@@ -61,7 +61,7 @@ def summary_table(lines: list[dict]) -> str:
 
     groups: dict[tuple, list[dict]] = {}
     for line in lines:
-        groups.setdefault((line["preset"], json.dumps(line["set"], sort_keys=True)), []).append(line)
+        groups.setdefault(variant(line["preset"], line["set"]), []).append(line)
     rows = ["| preset | overrides | seeds | CL1 | CL2 | CL3 | task inference |", "|---|---|---|---|---|---|---|"]
     for (name, overrides), group in groups.items():
         cells = []
@@ -74,6 +74,11 @@ def summary_table(lines: list[dict]) -> str:
         rows.append(f"| {name} | {', '.join(f'{k}={v}' for k, v in json.loads(overrides).items())} | {seeds} | "
                     + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def variant(preset_name: str, overrides: dict) -> tuple[str, str]:
+    """What a line of ``--out`` trained, but for its seed: the preset and its overrides."""
+    return preset_name, json.dumps(overrides, sort_keys=True)
 
 
 def main() -> None:
@@ -98,11 +103,11 @@ def main() -> None:
     if base.multi_head:
         ap.error("a multi-head target needs the task identity to pick its head: CL1 only (use hnet train)")
     out = Path(args.out)
-    key = lambda line: (line["preset"], json.dumps(line["set"], sort_keys=True), line["seed"])  # noqa: E731
-    done = {key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
+    lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    done = {(*variant(line["preset"], line["set"]), line["seed"]) for line in lines}
     bench = None
     for seed in args.seeds:
-        if (args.preset, json.dumps(overrides, sort_keys=True), seed) in done:
+        if (*variant(args.preset, overrides), seed) in done:
             print(f"seed {seed}: already in {out}")
             continue
         cfg = base.replace(seed=seed).validate()
@@ -115,7 +120,7 @@ def main() -> None:
             scores = score_scenarios(cfg, checkpoint, bench, runtime)
         line = {"preset": args.preset, "set": overrides, "seed": seed, "config": cfg.to_dict(), "train_seconds": round(trained, 1),
                 "score_seconds": round(time.time() - started - trained, 1), "acc_matrix_cl1": result["acc_matrix"],
-                **{s: v for s, v in scores.items()}}
+                **scores}
         assert abs(scores["cl1"]["acc_after_mean"] - result["acc_after_mean"]) < 1e-6  # same evaluation as training
         with out.open("a") as f:
             f.write(json.dumps(line) + "\n")

@@ -56,6 +56,11 @@ def write_spec(folder: Path, name: str) -> Path:
     return path
 
 
+def cluster_script(env: dict, *args: str) -> None:
+    done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def start_sweep(spec: Path, env: dict, log: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "hnet.cli", "sweep", "run", str(spec), "--verbose", "--address",
                              env["RAY_ADDRESS"], *extra], cwd=spec.parent, env=env, stdout=log.open("w"),
@@ -133,8 +138,7 @@ def test_killed_worker_node_costs_only_the_unfinished_task(cluster, tmp_path):
     spec = write_spec(tmp_path, "worker_kill")
     proc = start_sweep(spec, env, tmp_path / "sweep.log")
     wait_until_mid_trial(tmp_path, proc)
-    kill = subprocess.run(["bash", str(SCRIPT), "kill-worker", "1"], env=env, capture_output=True, text=True)
-    assert kill.returncode == 0, kill.stderr
+    cluster_script(env, "kill-worker", "1")
     killed_at = time.time()
     resumed = wait_for_exit(proc, tmp_path / "sweep.log", killed_at)
     log = (tmp_path / "sweep.log").read_text()
@@ -166,11 +170,6 @@ def test_killed_worker_node_costs_only_the_unfinished_task(cluster, tmp_path):
 # ---- chaos: many random kills of the driver and of worker nodes, one sweep ----------------------
 
 CHAOS_TRIALS, CHAOS_TASKS = 10, 4
-
-
-def cluster_script(env: dict, *args: str) -> None:
-    done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float) -> bool:
