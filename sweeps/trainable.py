@@ -102,6 +102,11 @@ def run_trial(config: dict[str, Any], runtime: dict[str, Any] | None = None) -> 
             print(f"hnet trial: resuming at task {resumed_at} of {cfg.num_tasks} (0-based)", flush=True)
         run, where = placement(Runtime.from_dict(runtime or {}))
         bench = load_benchmark(cfg, resolve_device(run.device), run.data_root)  # raw data cached per worker process
-        train(cfg, bench, callbacks=[TuneReporter(where)], checkpoint=local_checkpoint, resume=True, runtime=run)
+        reporter = TuneReporter(where)
+        result = train(cfg, bench, callbacks=[reporter], checkpoint=local_checkpoint, resume=True, runtime=run)
+        if resumed_at == cfg.num_tasks:
+            # Every task had finished before the restart, but the driver died before it saw the last
+            # report: report it again, or Tune ends the trial with its older result (a "pruned" run).
+            reporter.on_task_end(cfg.num_tasks - 1, result, local_checkpoint)
     finally:
         shutil.rmtree(work, ignore_errors=True)
