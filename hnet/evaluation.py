@@ -50,8 +50,12 @@ def train_labels(cfg: TrainConfig, labels: torch.Tensor, task: int) -> torch.Ten
 
 def infer_task(target, weights: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """HNET+ENT: ``weights`` (T, N) of the tasks learned so far. Returns, per input, the task of
-    lowest predictive entropy and the label that task's weights predict."""
-    logits = torch.func.vmap(lambda w: target_forward(target, w, x))(weights)  # (T, B, classes)
+    lowest predictive entropy and the label that task's weights predict (with a multi-head target,
+    each task's weights through its own head)."""
+    logits = torch.func.vmap(lambda w: target_forward(target, w, x, None))(weights)  # (T, B, heads * classes)
+    if target.num_heads > 1:  # task t's weights answer with task t's head
+        tasks = torch.arange(len(weights), device=x.device)
+        logits = logits.view(len(weights), len(x), target.num_heads, -1)[tasks, :, tasks]  # (T, B, classes)
     log_p = F.log_softmax(logits, dim=-1)
     entropy = -(log_p.exp() * log_p).sum(-1)  # (T, B)
     task = entropy.argmin(0)

@@ -38,12 +38,13 @@ class MLP(nn.Module):
         self.activation = activation
         self.output_dim, self.num_heads = output_dim, num_heads
 
-    def forward(self, x: torch.Tensor, task: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, task: int | None = 0) -> torch.Tensor:
+        """Logits of ``task``'s head; ``task=None``: all heads side by side (heads x outputs)."""
         act = _ACTIVATIONS[self.activation]
         for layer in self.layers:
             x = act(layer(x))
         logits = self.head(x)
-        if self.num_heads > 1:
+        if self.num_heads > 1 and task is not None:
             logits = logits[:, task * self.output_dim:(task + 1) * self.output_dim]
         return logits
 
@@ -52,7 +53,7 @@ def num_weights(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def target_forward(target: nn.Module, weights: torch.Tensor, x: torch.Tensor, task: int = 0) -> torch.Tensor:
+def target_forward(target: nn.Module, weights: torch.Tensor, x: torch.Tensor, task: int | None = 0) -> torch.Tensor:
     """Run ``target`` on ``x`` with its parameters taken from the flat vector ``weights``.
 
     The vector is laid out in ``named_parameters`` order (trailing extra entries are

@@ -31,6 +31,12 @@ def test_heads_per_method_and_scenario(method, scenario, heads, weights):
     assert sum(p.numel() for p in target.parameters()) == weights and learner(learner.embeddings(range(1))).shape[-1] >= weights
 
 
+def test_multi_head_hypernetwork_target_is_the_papers_cl3_count():
+    """The paper counts 478,410 target weights for SplitMNIST CL3 (784-400-400-10): a head per task."""
+    cfg = preset("split_mnist").replace(scenario="cl3", multi_head=True).validate()
+    assert cfg.heads() == (2, 5) and count_weights(cfg).target_weights == 478_410
+
+
 def test_labels_are_global_only_in_cl3():
     y = torch.tensor([0, 1, 1])
     assert global_labels(preset("split_digits").replace(scenario="cl3"), y, 3).tolist() == [6, 7, 7]
@@ -84,6 +90,33 @@ def test_entropy_inference_picks_the_confident_task():
             p = F.softmax(target_forward(target, both[t], x[i:i + 1]), -1)
             entropies.append(-(p * p.log().nan_to_num()).sum().item())
         assert task[i].item() == min(range(2), key=entropies.__getitem__)
+
+
+def test_entropy_inference_scores_each_task_through_its_own_head():
+    """Multi-head target (cl3 as the authors' code): each task's weights are read through its own
+    head. Each weight set's *other* head is built more confident on the other task's inputs, so
+    reading any head but the task's own would pick the wrong task."""
+    with torch.device("meta"):
+        target = MLP(2, (2,), 2, num_heads=2)
+
+    def weights(task: int, label: int) -> torch.Tensor:
+        w1 = torch.eye(2)  # hidden unit j = relu(x[j])
+        head = torch.zeros(4, 2)  # rows 2t, 2t+1: task t's head
+        head[2 * task + label, task], head[2 * task + 1 - label, task] = 10.0, -10.0
+        other = 1 - task
+        head[2 * other, other] = 100.0  # the other head, very confident on the other task's inputs
+        return torch.cat([w1.flatten(), torch.zeros(2), head.flatten(), torch.zeros(4)])
+
+    both = torch.stack([weights(0, 1), weights(1, 0)])
+    x = torch.tensor([[5.0, 0.0], [0.0, 5.0]])
+    task, label = infer_task(target, both, x)
+    assert task.tolist() == [0, 1] and label.tolist() == [1, 0]
+
+
+def test_multi_head_hypernetwork_trains_and_infers_in_cl3():
+    result = train(preset("split_digits").replace(scenario="cl3", multi_head=True, num_tasks=3, iters=60))
+    assert len(result["acc_after"]) == 3 and 0 <= result["task_inference_acc"] <= 100
+    assert result["target_weights"] == count_weights(preset("split_digits").replace(multi_head=True, num_tasks=3)).target_weights
 
 
 def test_ewc_fisher_matches_the_closed_form_for_the_output_bias():
@@ -166,7 +199,7 @@ def test_class_incremental_fine_tuning_forgets_all_but_the_last_task():
     ({"method": "rehearsal"}, "unknown method"),
     ({"scenario": "cl4"}, "unknown scenario"),
     ({"method": "ewc", "multi_head": True}, "multi_head is a hypernetwork option"),
-    ({"scenario": "cl2", "multi_head": True}, "needs the task identity"),
+    ({"scenario": "cl2", "multi_head": True}, "contradicts scenario cl2"),
     ({"ewc_gamma": 1.5}, "ewc_gamma must be in (0, 1]"),
 ])
 def test_meaningless_combinations_are_refused(changes, message):
