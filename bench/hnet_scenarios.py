@@ -26,15 +26,12 @@ from pathlib import Path
 
 import torch
 
-from hnet.config import Runtime, preset, split_fields
+from hnet.config import SCENARIOS, ConfigError, Runtime, preset, split_fields
 from hnet.data import load_benchmark
 from hnet.evaluation import evaluate
 from hnet.models import build_models
 from hnet.progress import ProgressBar
 from hnet.trainer import resolve_device, train
-
-SCENARIOS = ("cl1", "cl2", "cl3")
-
 
 @torch.no_grad()
 def score_scenarios(cfg, checkpoint: Path, bench, runtime: Runtime) -> dict:
@@ -56,8 +53,16 @@ def score_scenarios(cfg, checkpoint: Path, bench, runtime: Runtime) -> dict:
 
 
 def scenarios_of(cfg) -> tuple[str, ...]:
-    """A multi-head target (a head per task) has no cl2, where one head is shared by all tasks."""
-    return tuple(s for s in SCENARIOS if not (cfg.multi_head and s == "cl2"))
+    """The scenarios the trained configuration can be scored in, as its own validation says
+    (a multi-head target has no cl2, where one head is shared by all tasks)."""
+    def valid(scenario: str) -> bool:
+        try:
+            cfg.replace(scenario=scenario).validate()
+            return True
+        except ConfigError:
+            return False
+
+    return tuple(s for s in SCENARIOS if valid(s))
 
 
 def summary_table(lines: list[dict]) -> str:
