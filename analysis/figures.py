@@ -21,7 +21,6 @@ def fig_a7(frame: pd.DataFrame, out_dir: str | Path, experiment: str = "", log_r
     """Plot completed trials (mean ± std over seeds) per benchmark, coloured by chunk size;
     write PNG, PDF and CSV. ``log_ratio``: a log-scale compression axis (most small
     hypernetworks sit below 0.2)."""
-    import numpy as np
     from matplotlib.colors import LogNorm
 
     out_dir = Path(out_dir)
@@ -61,8 +60,7 @@ def fig_a7(frame: pd.DataFrame, out_dir: str | Path, experiment: str = "", log_r
         ax.grid(alpha=0.3, which="both" if log_ratio else "major")
         ax.legend(fontsize=8, loc="best")
         fig.colorbar(dots, ax=ax, label="chunk size (log scale)")
-    iters = done["iters"].unique() if "iters" in done else np.array([])
-    budget = f", {iters[0]} it/task" if len(iters) == 1 else ""
+    budget = _budget(done)
     fig.suptitle(f"Fig. A7{': ' + experiment if experiment else ''}\n"
                  f"{len(done)} trials{budget}, {time.strftime('%Y-%m-%d')}", fontsize=10)
     fig.tight_layout()
@@ -72,6 +70,18 @@ def fig_a7(frame: pd.DataFrame, out_dir: str | Path, experiment: str = "", log_r
     plt.close(fig)
     pd.concat(tables).to_csv(paths["csv"], index=False)
     return paths
+
+
+def _budget(done: pd.DataFrame) -> str:
+    """What every plotted trial shares of the training budget: iterations per task and, when the
+    stochastic regularizer of App. D was used, its subset size (a reduced study must say so)."""
+    def shared(field: str) -> int | None:
+        values = pd.to_numeric(done[field], errors="coerce").unique() if field in done else []
+        return int(values[0]) if len(values) == 1 else None
+
+    iters, subset = shared("iters"), shared("reg_subset")
+    return ((f", {iters} it/task" if iters else "")
+            + (f", regularizer on <= {subset} random earlier tasks per step" if subset else ""))
 
 
 def accuracy_heatmap(matrix: list[list[float]], path: str | Path, title: str = "") -> Path:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.figures import fig_a7
+from analysis.figures import _budget, fig_a7
 from analysis.runs import aggregate_seeds, load_trials, pareto_front
 
 
@@ -59,6 +59,14 @@ def test_fig_a7_files(store, tmp_path):
     assert all(p.exists() and p.stat().st_size > 0 for p in paths.values())
     csv = pd.read_csv(paths["csv"])
     assert len(csv) == 2 and csv["pareto"].any()
+
+
+def test_fig_a7_title_states_a_shared_budget_and_the_stochastic_regularizer():
+    # MLflow params arrive as strings, results files as numbers: both read the same
+    reduced = pd.DataFrame({"iters": ["500", "500"], "reg_subset": ["3", "3"]})
+    assert _budget(reduced) == ", 500 it/task, regularizer on <= 3 random earlier tasks per step"
+    assert _budget(pd.DataFrame({"iters": [2000, 2000], "reg_subset": [0, 0]})) == ", 2000 it/task"
+    assert _budget(pd.DataFrame({"iters": [500, 2000], "reg_subset": [0, 3]})) == ""  # nothing shared: nothing said
 
 
 def test_pareto_front_by_hand():
