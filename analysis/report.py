@@ -97,6 +97,9 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     binned = configs.assign(ratio_bin=pd.cut(configs["compression_ratio"], RATIO_BINS).astype(str))
     by_bin = binned.groupby("ratio_bin", observed=True)["acc_after_mean_mean"].agg(["count", "mean", "max"]).reset_index()
     by_bin.columns = ["compression ratio", "configurations", "mean acc after", "best acc after"]
+    by_chunk = configs.assign(chunk_size=pd.to_numeric(configs["chunk_size"])).groupby("chunk_size")[
+        "acc_after_mean_mean"].agg(["count", "mean", "min"]).reset_index()
+    by_chunk.columns = ["chunk size", "configurations", "mean acc after", "lowest acc after"]
     counts = frame["status"].value_counts()
 
     lines = [f"# Sweep report: {experiment}", "",
@@ -109,7 +112,8 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
              "![Fig. A7](fig_a7.png)", "", "## Top configurations", "",
              _table(readable(top, searched, ui_url, experiment_id)),
              "## Pareto set (accuracy vs compression ratio)", "", _table(readable(pareto, searched, ui_url, experiment_id)),
-             "## Accuracy by compression-ratio bin", "", _table(by_bin)]
+             "## Accuracy by compression-ratio bin", "", _table(by_bin),
+             "## Accuracy by chunk size", "", _table(by_chunk)]
     for trial_id, path in heatmaps.items():
         lines += [f"## Accuracy matrix of {trial_id}", "", f"![accuracy matrix of {trial_id}]({path.name})", ""]
     lines += ["## Comparison with the paper", ""]
@@ -122,7 +126,6 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     report.write_text("\n".join(lines) + "\n")
 
     if log_to_mlflow:
-        experiment_id = client.get_experiment_by_name(experiment).experiment_id
         for parent in client.search_runs([experiment_id], filter_string="tags.role = 'sweep'"):
             for path in (report, *figure.values(), *heatmaps.values()):
                 client.log_artifact(parent.info.run_id, str(path), artifact_path="report")

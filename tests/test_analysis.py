@@ -88,6 +88,10 @@ def test_report_is_written_and_logged_to_the_parent_run(store, tmp_path):
     best = re.search(r"!\[accuracy matrix of (\w+)\]\(acc_matrix_\1\.png\)", text).group(1)
     assert frame.loc[best, "acc_after_mean"] == frame["acc_after_mean"].max()  # the default per-run view
     assert (out / f"acc_matrix_{best}.png").read_bytes()[:4] == b"\x89PNG"
+    # by chunk size: the 2 trained configurations (both at the preset's chunk size), each a mean over its seeds
+    per_config = frame.groupby("lr")["acc_after_mean"].mean()
+    row = re.search(r"\| 2000 \| 2 \| ([\d.]+) \| ([\d.]+) \|", text.split("## Accuracy by chunk size")[1])
+    assert abs(float(row.group(1)) - per_config.mean()) < 0.05 and abs(float(row.group(2)) - per_config.min()) < 0.05
     import mlflow
     client = mlflow.tracking.MlflowClient(uri)
     parent = client.search_runs([client.get_experiment_by_name("a").experiment_id], "tags.role = 'sweep'")[0]
