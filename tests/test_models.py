@@ -81,13 +81,14 @@ def test_target_weights_live_on_meta_and_hnet_is_seeded():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("init", ["hyperfan", "hyperfan_decorrelated"])
 @pytest.mark.parametrize("chunk_size, hidden, activation, target_activation", [
     (50, (20, 20), "elu", "relu"), (200, (50,), "relu", "relu"), (2000, (10, 10), "elu", "relu"),
     (100, (25, 25), "relu", "elu"), (10, (15,), "elu", "relu")])
-def test_hyperfan_generates_the_targets_fan_in_variance(chunk_size, hidden, activation, target_activation):
+def test_hyperfan_generates_the_targets_fan_in_variance(chunk_size, hidden, activation, target_activation, init):
     """Every target layer spanning at least two chunks gets the second moment a fan-in init gives it (±20 %)."""
     cfg = preset("split_mnist").replace(chunk_size=chunk_size, hnet_hidden=hidden, hnet_activation=activation,
-                                        target_activation=target_activation, hnet_init="hyperfan")
+                                        target_activation=target_activation, hnet_init=init)
     target, hnet = build_models(cfg)
     with torch.no_grad():
         generated = hnet(hnet.embeddings(range(cfg.num_tasks)))
@@ -111,3 +112,44 @@ def test_xavier_keeps_the_authors_init():
     _, hnet = build_models(cfg)
     assert hnet.chunk_scale is None and abs(hnet.task_embs[0].std().item() - 1.0) < 0.2
     assert all(layer.bias.abs().max() == 0 for layer in [*hnet.layers, hnet.out])
+
+
+def first_layer_chunks(cfg, seed):
+    """Task 0's generated first-layer weights of the SplitMNIST target, one row per whole chunk."""
+    _, hnet = build_models(cfg.replace(seed=seed))
+    with torch.no_grad():
+        w = hnet(hnet.embeddings([0]))[0][:784 * 400]
+    return w[:w.numel() // cfg.chunk_size * cfg.chunk_size].view(-1, cfg.chunk_size)
+
+
+def test_decorrelated_hyperfan_starts_chunks_apart_and_first_layer_units_alive():
+    """Plain hyperfan gives every chunk ~90 % the same weights (the task embedding dominates the
+    input); at chunk size 10 each first-layer row repeats that pattern 78 times, and on inputs
+    >= 0 (images) all 400 units can start dead. hyperfan_decorrelated starts chunks apart."""
+    cfg = preset("split_mnist").replace(hnet_init="hyperfan", hnet_activation="relu", hnet_hidden=(65, 70),
+                                        chunk_emb_dim=8, chunk_size=10)
+    images = torch.rand(256, 784) * (torch.rand(256, 784) < 0.2)  # sparse, non-negative, MNIST-like
+
+    def shared_share(chunks):  # energy of the mean chunk / mean energy of a chunk
+        return (chunks.mean(0).square().sum() / chunks.square().mean(0).sum()).item()
+
+    def dead_units(chunks):  # first-layer units not positive for any image (biases left out: small)
+        return ((images @ chunks.reshape(-1)[:784 * 400].view(400, 784).T) <= 0).all(0).float().mean().item()
+
+    plain = [first_layer_chunks(cfg, seed) for seed in range(4)]
+    decorrelated = [first_layer_chunks(cfg.replace(hnet_init="hyperfan_decorrelated"), seed) for seed in range(4)]
+    assert min(map(shared_share, plain)) > 0.8 and max(map(shared_share, decorrelated)) < 0.15
+    assert max(map(dead_units, plain)) > 0.9 and max(map(dead_units, decorrelated)) < 0.3
+
+
+def test_hyperfan_chunk_gain_stays_finite_when_a_chunk_has_no_live_feature():
+    """A 5-unit ReLU hypernetwork leaves some chunks with all features 0 (seed 2 here): their gain
+    would be infinite and the generated weights NaN; it is floored instead."""
+    cfg = preset("split_mnist").replace(hnet_init="hyperfan", hnet_activation="relu", hnet_hidden=(5,),
+                                        chunk_emb_dim=96, chunk_size=500, seed=2)
+    _, hnet = build_models(cfg)
+    with torch.no_grad():
+        features = hnet(hnet.embeddings(range(cfg.num_tasks)), features_only=True)
+        generated = hnet(hnet.embeddings(range(cfg.num_tasks)))
+    assert (features.abs().sum((0, 2)) == 0).any()  # the case this test is about
+    assert torch.isfinite(hnet.chunk_scale).all() and torch.isfinite(generated).all()
