@@ -188,14 +188,17 @@ class ChunkedHypernetwork(nn.Module):
         too, so ~90 % of a chunk's generated weights are the same for every chunk; at chunk size
         10 that pattern repeats 78 times in each first-layer row and all units share the sign
         of their input sum (all dead in half of the seeds). Here the chunk embeddings carry
-        ``CHUNK_SHARE`` of the input variance and the output bias removes the features' mean
-        over the initial embeddings' chunks.
+        ``CHUNK_SHARE`` of the input variance (the input's total stays (task_dim + chunk_dim) ·
+        emb_std², so the layers and the task embedding's leverage on the output keep hyperfan's
+        scale) and the output bias removes the features' mean over the initial embeddings' chunks.
         """
         second_moment = emb_std**2
         task_dim, chunk_dim = self.task_embs[0].numel(), self.chunk_embs.shape[1]
-        if decorrelate and task_dim and chunk_dim:
-            self.chunk_embs.mul_(math.sqrt(CHUNK_SHARE / (1 - CHUNK_SHARE) * task_dim / chunk_dim))
-            second_moment = emb_std**2 * task_dim / (1 - CHUNK_SHARE) / (task_dim + chunk_dim)  # per input unit
+        if decorrelate and task_dim and chunk_dim:  # the same emb_std² per input unit, split between the two
+            total = task_dim + chunk_dim
+            for embedding in self.task_embs:
+                embedding.mul_(math.sqrt((1 - CHUNK_SHARE) * total / task_dim))
+            self.chunk_embs.mul_(math.sqrt(CHUNK_SHARE * total / chunk_dim))
         gain = activation_gain(self.activation, second_moment)  # every hidden layer keeps emb_std²
         for layer in self.layers:
             nn.init.normal_(layer.weight, std=gain / math.sqrt(layer.in_features))
