@@ -17,7 +17,7 @@ import torch
 
 from hnet.config import preset
 from hnet.data import raw_dataset
-from hnet.models import build_models, dead_unit_fraction
+from hnet.models import build_models, dead_unit_fraction, shared_chunk_share
 
 ARCHITECTURES = [((65, 70), 8, 10), ((15, 60), 8, 10), ((10, 90), 8, 50), ((5,), 96, 500), ((45,), 8, 3000),
                  ((10, 10), 96, 42000)]  # (hidden, chunk embedding, chunk size): Fig. A7 draws and the preset's
@@ -43,9 +43,7 @@ def main() -> None:
                     embedding = hnet.embeddings([0])
                     dead.append(dead_unit_fraction(target, hnet, embedding[0], x))
                     with torch.no_grad():
-                        w = hnet(embedding)[0][:784 * 400]
-                    chunks = w[:w.numel() // chunk_size * chunk_size].view(-1, chunk_size)
-                    shared.append((chunks.mean(0).square().sum() / chunks.square().mean(0).sum()).item())
+                        shared.append(shared_chunk_share(hnet(embedding)[0][:784 * 400], chunk_size))
                 print(f"{init:22s} {activation:10s}  {','.join(map(str, hidden)):8s}  {chunk_emb:10d}  {chunk_size:10d}"
                       f"  {sum(shared) / len(shared):12.2f}  " + " ".join(f"{d:.2f}" for d in dead), flush=True)
 

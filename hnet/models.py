@@ -79,6 +79,13 @@ def dead_unit_fraction(target: MLP, hnet: "ChunkedHypernetwork", embedding: torc
     return (pre <= 0).all(0).float().mean().item()
 
 
+def shared_chunk_share(weights: torch.Tensor, chunk_size: int) -> float:
+    """How alike the whole chunks of a flat weight vector are: the energy of the mean chunk over
+    the mean energy of a chunk (0 for independent weights, 1 for identical chunks)."""
+    chunks = weights[:weights.numel() // chunk_size * chunk_size].view(-1, chunk_size)
+    return (chunks.mean(0).square().sum() / chunks.square().mean(0).sum()).item()
+
+
 def flat_weights(target: nn.Module) -> torch.Tensor:
     """The module's own parameters as one flat vector (inverse of ``target_forward``)."""
     return torch.cat([p.detach().reshape(-1) for p in target.parameters()])

@@ -4,7 +4,8 @@ import torch
 
 from hnet.config import TrainConfig, preset
 from hnet.counts import count_weights
-from hnet.models import MLP, ChunkedHypernetwork, build_models, flat_weights, num_weights, target_forward
+from hnet.models import (MLP, ChunkedHypernetwork, build_models, dead_unit_fraction, flat_weights, num_weights,
+                         shared_chunk_share, target_forward)
 
 
 def built_counts(cfg):
@@ -114,14 +115,6 @@ def test_xavier_keeps_the_authors_init():
     assert all(layer.bias.abs().max() == 0 for layer in [*hnet.layers, hnet.out])
 
 
-def first_layer_chunks(cfg, seed):
-    """Task 0's generated first-layer weights of the SplitMNIST target, one row per whole chunk."""
-    _, hnet = build_models(cfg.replace(seed=seed))
-    with torch.no_grad():
-        w = hnet(hnet.embeddings([0]))[0][:784 * 400]
-    return w[:w.numel() // cfg.chunk_size * cfg.chunk_size].view(-1, cfg.chunk_size)
-
-
 def test_decorrelated_hyperfan_starts_chunks_apart_and_first_layer_units_alive():
     """Plain hyperfan gives every chunk ~90 % the same weights (the task embedding dominates the
     input); at chunk size 10 each first-layer row repeats that pattern 78 times, and on inputs
@@ -130,16 +123,17 @@ def test_decorrelated_hyperfan_starts_chunks_apart_and_first_layer_units_alive()
                                         chunk_emb_dim=8, chunk_size=10)
     images = torch.rand(256, 784) * (torch.rand(256, 784) < 0.2)  # sparse, non-negative, MNIST-like
 
-    def shared_share(chunks):  # energy of the mean chunk / mean energy of a chunk
-        return (chunks.mean(0).square().sum() / chunks.square().mean(0).sum()).item()
+    def task0_at_init(init, seed):  # (shared share of the first-layer chunks, dead first-layer units)
+        target, hnet = build_models(cfg.replace(hnet_init=init, seed=seed))
+        embedding = hnet.embeddings([0])[0]
+        with torch.no_grad():
+            first_layer = hnet(embedding[None])[0][:784 * 400]
+        return shared_chunk_share(first_layer, cfg.chunk_size), dead_unit_fraction(target, hnet, embedding, images)
 
-    def dead_units(chunks):  # first-layer units not positive for any image (biases left out: small)
-        return ((images @ chunks.reshape(-1)[:784 * 400].view(400, 784).T) <= 0).all(0).float().mean().item()
-
-    plain = [first_layer_chunks(cfg, seed) for seed in range(4)]
-    decorrelated = [first_layer_chunks(cfg.replace(hnet_init="hyperfan_decorrelated"), seed) for seed in range(4)]
-    assert min(map(shared_share, plain)) > 0.8 and max(map(shared_share, decorrelated)) < 0.15
-    assert max(map(dead_units, plain)) > 0.9 and max(map(dead_units, decorrelated)) < 0.3
+    plain = [task0_at_init("hyperfan", seed) for seed in range(4)]
+    decorrelated = [task0_at_init("hyperfan_decorrelated", seed) for seed in range(4)]
+    assert min(share for share, _ in plain) > 0.8 and max(share for share, _ in decorrelated) < 0.15
+    assert max(dead for _, dead in plain) > 0.9 and max(dead for _, dead in decorrelated) < 0.3
 
 
 def test_hyperfan_chunk_gain_stays_finite_when_a_chunk_has_no_live_feature():
