@@ -8,7 +8,8 @@ shift $(( $# < 5 ? $# : 5 ))
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 for f in "$data"/MNIST/raw/*.gz; do [ -e "${f%.gz}" ] || gunzip -k "$f"; done 2>/dev/null
 mps=off
-if nvidia-cuda-mps-control -d 2>/dev/null; then
+if pgrep -x nvidia-cuda-mps-control >/dev/null; then mps="on (daemon already running)"
+elif nvidia-cuda-mps-control -d 2>/dev/null; then
     if python3 -c "import torch; torch.ones(1, device='cuda').sum().item()" 2>/dev/null; then mps=on
     else echo quit | nvidia-cuda-mps-control; fi
 fi
