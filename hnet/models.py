@@ -149,6 +149,7 @@ class ChunkedHypernetwork(nn.Module):
       the target would give them; embeddings N(0, emb_std²) with emb_std by default the
       target's mean weight scale, sqrt(mean(target_variances)).
     * ``hyperfan_decorrelated``: the same, with chunks that start decorrelated (``init_hyperfan``).
+    * ``hyperfan_zero_mean``: the same, with every generated chunk summing to zero (``init_hyperfan``).
     """
 
     def __init__(self, num_outputs: int, num_tasks: int, chunk_size: int, hidden: tuple[int, ...],
@@ -166,7 +167,8 @@ class ChunkedHypernetwork(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.out = nn.Linear(dims[-1], chunk_size)
         if init.startswith("hyperfan"):
-            self.init_hyperfan(emb_std, target_variances, decorrelate=init == "hyperfan_decorrelated")
+            self.init_hyperfan(emb_std, target_variances, decorrelate=init == "hyperfan_decorrelated",
+                               zero_mean=init == "hyperfan_zero_mean")
             return
         # Glorot-uniform, zero biases, unit-normal embeddings (the authors' code): the output
         # layer's huge fan-out keeps generated target weights small at the start.
@@ -175,7 +177,8 @@ class ChunkedHypernetwork(nn.Module):
             nn.init.zeros_(layer.bias)
 
     @torch.no_grad()
-    def init_hyperfan(self, emb_std: float, target_variances: torch.Tensor, decorrelate: bool = False) -> None:
+    def init_hyperfan(self, emb_std: float, target_variances: torch.Tensor, decorrelate: bool = False,
+                      zero_mean: bool = False) -> None:
         """Chunked hyperfan-in (docs/init.md): generated weights get the target's fan-in variances.
 
         The hypernetwork itself is an ordinary fan-in network of unit output variance:
@@ -198,6 +201,11 @@ class ChunkedHypernetwork(nn.Module):
         ``CHUNK_SHARE`` of the input variance (the input's total stays (task_dim + chunk_dim) ·
         emb_std², so the layers and the task embedding's leverage on the output keep hyperfan's
         scale) and the output bias removes the features' mean over the initial embeddings' chunks.
+
+        ``zero_mean`` (``hyperfan_zero_mean``): the output layer's mean over its chunk_size outputs
+        is removed, so every generated chunk sums to zero at init, for any embedding. The shared
+        pattern stays (and with it the task embedding's leverage), but its common mode, which adds
+        up coherently over the ~fan_in / chunk_size repeats in a row on non-negative inputs, is gone.
         """
         second_moment = emb_std**2
         task_dim, chunk_dim = self.task_embs[0].numel(), self.chunk_embs.shape[1]
@@ -212,6 +220,8 @@ class ChunkedHypernetwork(nn.Module):
             nn.init.zeros_(layer.bias)
         nn.init.normal_(self.out.weight, std=1 / math.sqrt(self.out.in_features * second_moment))
         nn.init.zeros_(self.out.bias)
+        if zero_mean:
+            self.out.weight.sub_(self.out.weight.mean(0, keepdim=True))
         if decorrelate:
             features = self(torch.stack(list(self.task_embs)), features_only=True)
             self.out.bias.copy_(-self.out.weight @ features.mean((0, 1)))

@@ -82,7 +82,7 @@ def test_target_weights_live_on_meta_and_hnet_is_seeded():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("init", ["hyperfan", "hyperfan_decorrelated"])
+@pytest.mark.parametrize("init", ["hyperfan", "hyperfan_decorrelated", "hyperfan_zero_mean"])
 @pytest.mark.parametrize("chunk_size, hidden, activation, target_activation", [
     (50, (20, 20), "elu", "relu"), (200, (50,), "relu", "relu"), (2000, (10, 10), "elu", "relu"),
     (100, (25, 25), "relu", "elu"), (10, (15,), "elu", "relu")])
@@ -134,6 +134,27 @@ def test_decorrelated_hyperfan_starts_chunks_apart_and_first_layer_units_alive()
     decorrelated = [task0_at_init("hyperfan_decorrelated", seed) for seed in range(4)]
     assert min(share for share, _ in plain) > 0.8 and max(share for share, _ in decorrelated) < 0.15
     assert max(dead for _, dead in plain) > 0.9 and max(dead for _, dead in decorrelated) < 0.3
+
+
+def test_zero_mean_hyperfan_generates_chunks_summing_to_zero_and_first_layer_units_alive():
+    """hyperfan_zero_mean keeps plain hyperfan's shared pattern (and so the task embedding's
+    leverage) but removes its sum over a chunk: every generated chunk sums to zero for any
+    embedding, and the first-layer units that plain hyperfan kills at chunk size 10 start alive."""
+    cfg = preset("split_mnist").replace(hnet_init="hyperfan_zero_mean", hnet_activation="relu",
+                                        hnet_hidden=(65, 70), chunk_emb_dim=8, chunk_size=10)
+    images = torch.rand(256, 784) * (torch.rand(256, 784) < 0.2)
+    plain_dead = []
+    for seed in range(4):
+        target, hnet = build_models(cfg.replace(seed=seed))
+        _, plain = build_models(cfg.replace(hnet_init="hyperfan", seed=seed))
+        plain_dead.append(dead_unit_fraction(target, plain, plain.embeddings([0])[0], images))
+        with torch.no_grad():
+            chunks = hnet(torch.randn(3, cfg.task_emb_dim), padded=True).view(3, hnet.num_chunks, cfg.chunk_size)
+            first_layer = hnet(hnet.embeddings([0]))[0][:784 * 400]
+        assert chunks.sum(-1).abs().max() < 1e-5 * chunks.abs().sum(-1).max()
+        assert shared_chunk_share(first_layer, cfg.chunk_size) > 0.8  # the pattern is still shared
+        assert dead_unit_fraction(target, hnet, hnet.embeddings([0])[0], images) < 0.05
+    assert max(plain_dead) > 0.9  # plain hyperfan, same seeds: every unit dead in at least one
 
 
 def test_hyperfan_chunk_gain_stays_finite_when_a_chunk_has_no_live_feature():
