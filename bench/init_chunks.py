@@ -32,7 +32,7 @@ def main() -> None:
     images, labels = raw_dataset("mnist", args.data_root)["train"]
     x = images[(labels == 0) | (labels == 1)][:512].float().reshape(512, -1) / 255
     print("init                   activation  hidden    chunk emb.  chunk size  shared share  dead first-layer units per seed")
-    for init in ["hyperfan", "hyperfan_decorrelated"]:
+    for init in ["hyperfan", "hyperfan_decorrelated", "hyperfan_zero_mean"]:
         for activation in args.activations:
             for hidden, chunk_emb, chunk_size in ARCHITECTURES:
                 cfg = preset("split_mnist").replace(hnet_init=init, hnet_activation=activation, hnet_hidden=hidden,
