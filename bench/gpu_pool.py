@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import signal
 import sys
 import time
 from typing import Any
@@ -90,6 +91,12 @@ def main() -> int:
     configs = [c for c in configs if json.dumps(c.to_dict(), sort_keys=True) not in done_before]  # a part run before
     print(f"{spec.name}: {len(configs)} trials to run ({len(done_before)} already in {args.out}), "
           f"{args.workers} at a time", flush=True)
+    def stop(signum: int, frame: object) -> None:  # else the workers run on as orphans, each finishing its trial
+        for child in mp.active_children():
+            child.terminate()
+        os._exit(128 + signum)  # every finished trial is already written and flushed
+
+    signal.signal(signal.SIGTERM, stop)
     started = time.perf_counter()
     done = 0
     with open(args.out, "a") as out, cf.ProcessPoolExecutor(
