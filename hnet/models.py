@@ -168,7 +168,7 @@ class ChunkedHypernetwork(nn.Module):
         self.out = nn.Linear(dims[-1], chunk_size)
         if init.startswith("hyperfan"):
             self.init_hyperfan(emb_std, target_variances, decorrelate=init == "hyperfan_decorrelated",
-                               zero_mean=init == "hyperfan_zero_mean")
+                               chunk_mean_kept=0.0 if init == "hyperfan_zero_mean" else 1.0)
             return
         # Glorot-uniform, zero biases, unit-normal embeddings (the authors' code): the output
         # layer's huge fan-out keeps generated target weights small at the start.
@@ -178,7 +178,7 @@ class ChunkedHypernetwork(nn.Module):
 
     @torch.no_grad()
     def init_hyperfan(self, emb_std: float, target_variances: torch.Tensor, decorrelate: bool = False,
-                      zero_mean: bool = False) -> None:
+                      chunk_mean_kept: float = 1.0) -> None:
         """Chunked hyperfan-in (docs/init.md): generated weights get the target's fan-in variances.
 
         The hypernetwork itself is an ordinary fan-in network of unit output variance:
@@ -202,8 +202,9 @@ class ChunkedHypernetwork(nn.Module):
         emb_std², so the layers and the task embedding's leverage on the output keep hyperfan's
         scale) and the output bias removes the features' mean over the initial embeddings' chunks.
 
-        ``zero_mean`` (``hyperfan_zero_mean``): the output layer's mean over its chunk_size outputs
-        is removed, so every generated chunk sums to zero at init, for any embedding. The shared
+        ``chunk_mean_kept`` < 1 shrinks the output layer's mean over its chunk_size outputs to that
+        share; ``hyperfan_zero_mean`` removes it (0), so every generated chunk sums to zero at init,
+        for any embedding. The shared
         pattern stays (and with it the task embedding's leverage), but its common mode, which adds
         up coherently over the ~fan_in / chunk_size repeats in a row on non-negative inputs, is gone.
         """
@@ -220,8 +221,8 @@ class ChunkedHypernetwork(nn.Module):
             nn.init.zeros_(layer.bias)
         nn.init.normal_(self.out.weight, std=1 / math.sqrt(self.out.in_features * second_moment))
         nn.init.zeros_(self.out.bias)
-        if zero_mean:
-            self.out.weight.sub_(self.out.weight.mean(0, keepdim=True))
+        if chunk_mean_kept != 1.0:
+            self.out.weight.sub_((1 - chunk_mean_kept) * self.out.weight.mean(0, keepdim=True))
         if decorrelate:
             features = self(torch.stack(list(self.task_embs)), features_only=True)
             self.out.bias.copy_(-self.out.weight @ features.mean((0, 1)))
