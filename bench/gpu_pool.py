@@ -91,6 +91,7 @@ def main() -> int:
     configs = [c for c in configs if json.dumps(c.to_dict(), sort_keys=True) not in done_before]  # a part run before
     print(f"{spec.name}: {len(configs)} trials to run ({len(done_before)} already in {args.out}), "
           f"{args.workers} at a time", flush=True)
+
     def stop(signum: int, frame: object) -> None:  # else the workers run on as orphans, each finishing its trial
         for child in mp.active_children():
             child.terminate()

@@ -204,9 +204,9 @@ class ChunkedHypernetwork(nn.Module):
 
         ``chunk_mean_kept`` < 1 shrinks the output layer's mean over its chunk_size outputs to that
         share; ``hyperfan_zero_mean`` removes it (0), so every generated chunk sums to zero at init,
-        for any embedding. The shared
-        pattern stays (and with it the task embedding's leverage), but its common mode, which adds
-        up coherently over the ~fan_in / chunk_size repeats in a row on non-negative inputs, is gone.
+        for any embedding. The shared pattern stays (and with it the task embedding's leverage),
+        but its common mode, which adds up coherently over the ~fan_in / chunk_size repeats in a
+        first-layer row on non-negative inputs, is gone.
         """
         second_moment = emb_std**2
         task_dim, chunk_dim = self.task_embs[0].numel(), self.chunk_embs.shape[1]
