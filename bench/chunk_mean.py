@@ -24,14 +24,14 @@ _HYPERFAN = ChunkedHypernetwork.init_hyperfan
 
 
 def run(hidden: tuple[int, ...], chunk_emb: int, chunk_size: int, seed: int, keep: str, data_root: str) -> dict:
-    import hnet.models as models
     from hnet.trainer import train
 
     kept = min(1.0, math.sqrt(chunk_size / 784)) if keep == "sqrt" else float(keep)
+
     def init_hyperfan(self, *args, **kwargs) -> None:  # plain hyperfan's init, with this share kept
         _HYPERFAN(self, *args, **{**kwargs, "chunk_mean_kept": kept})
 
-    models.ChunkedHypernetwork.init_hyperfan = init_hyperfan
+    ChunkedHypernetwork.init_hyperfan = init_hyperfan  # in this worker process only
     cfg = preset("split_mnist").replace(hnet_init="hyperfan", hnet_activation="relu", hnet_hidden=hidden,
                                         chunk_emb_dim=chunk_emb, chunk_size=chunk_size, val_fraction=0.1, seed=seed)
     result = train(cfg, runtime=Runtime(data_root=data_root, threads=1))

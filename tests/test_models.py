@@ -115,23 +115,31 @@ def test_xavier_keeps_the_authors_init():
     assert all(layer.bias.abs().max() == 0 for layer in [*hnet.layers, hnet.out])
 
 
+# Chunk size 10, where plain hyperfan can start with every first-layer unit dead.
+CHUNK_10 = preset("split_mnist").replace(hnet_init="hyperfan", hnet_activation="relu", hnet_hidden=(65, 70),
+                                         chunk_emb_dim=8, chunk_size=10)
+
+
+def task0_at_init(init: str, seed: int, images: torch.Tensor) -> tuple[float, float]:
+    """CHUNK_10 with ``init``: (shared share of the first-layer chunks, dead first-layer units) for task 0."""
+    target, hnet = build_models(CHUNK_10.replace(hnet_init=init, seed=seed))
+    embedding = hnet.embeddings([0])[0]
+    with torch.no_grad():
+        first_layer = hnet(embedding[None])[0][:784 * 400]
+    return shared_chunk_share(first_layer, CHUNK_10.chunk_size), dead_unit_fraction(target, hnet, embedding, images)
+
+
+def mnist_like_images() -> torch.Tensor:
+    return torch.rand(256, 784) * (torch.rand(256, 784) < 0.2)  # sparse, non-negative
+
+
 def test_decorrelated_hyperfan_starts_chunks_apart_and_first_layer_units_alive():
     """Plain hyperfan gives every chunk ~90 % the same weights (the task embedding dominates the
     input); at chunk size 10 each first-layer row repeats that pattern 78 times, and on inputs
     >= 0 (images) all 400 units can start dead. hyperfan_decorrelated starts chunks apart."""
-    cfg = preset("split_mnist").replace(hnet_init="hyperfan", hnet_activation="relu", hnet_hidden=(65, 70),
-                                        chunk_emb_dim=8, chunk_size=10)
-    images = torch.rand(256, 784) * (torch.rand(256, 784) < 0.2)  # sparse, non-negative, MNIST-like
-
-    def task0_at_init(init, seed):  # (shared share of the first-layer chunks, dead first-layer units)
-        target, hnet = build_models(cfg.replace(hnet_init=init, seed=seed))
-        embedding = hnet.embeddings([0])[0]
-        with torch.no_grad():
-            first_layer = hnet(embedding[None])[0][:784 * 400]
-        return shared_chunk_share(first_layer, cfg.chunk_size), dead_unit_fraction(target, hnet, embedding, images)
-
-    plain = [task0_at_init("hyperfan", seed) for seed in range(4)]
-    decorrelated = [task0_at_init("hyperfan_decorrelated", seed) for seed in range(4)]
+    images = mnist_like_images()
+    plain = [task0_at_init("hyperfan", seed, images) for seed in range(4)]
+    decorrelated = [task0_at_init("hyperfan_decorrelated", seed, images) for seed in range(4)]
     assert min(share for share, _ in plain) > 0.8 and max(share for share, _ in decorrelated) < 0.15
     assert max(dead for _, dead in plain) > 0.9 and max(dead for _, dead in decorrelated) < 0.3
 
@@ -140,21 +148,17 @@ def test_zero_mean_hyperfan_generates_chunks_summing_to_zero_and_first_layer_uni
     """hyperfan_zero_mean keeps plain hyperfan's shared pattern (and so the task embedding's
     leverage) but removes its sum over a chunk: every generated chunk sums to zero for any
     embedding, and the first-layer units that plain hyperfan kills at chunk size 10 start alive."""
-    cfg = preset("split_mnist").replace(hnet_init="hyperfan_zero_mean", hnet_activation="relu",
-                                        hnet_hidden=(65, 70), chunk_emb_dim=8, chunk_size=10)
-    images = torch.rand(256, 784) * (torch.rand(256, 784) < 0.2)
-    plain_dead = []
+    images = mnist_like_images()
+    plain = [task0_at_init("hyperfan", seed, images) for seed in range(4)]
+    zero_mean = [task0_at_init("hyperfan_zero_mean", seed, images) for seed in range(4)]
+    assert max(dead for _, dead in plain) > 0.9  # plain hyperfan, same seeds: every unit dead in at least one
+    assert min(share for share, _ in zero_mean) > 0.8  # the pattern is still shared
+    assert max(dead for _, dead in zero_mean) < 0.05
     for seed in range(4):
-        target, hnet = build_models(cfg.replace(seed=seed))
-        _, plain = build_models(cfg.replace(hnet_init="hyperfan", seed=seed))
-        plain_dead.append(dead_unit_fraction(target, plain, plain.embeddings([0])[0], images))
+        _, hnet = build_models(CHUNK_10.replace(hnet_init="hyperfan_zero_mean", seed=seed))
         with torch.no_grad():
-            chunks = hnet(torch.randn(3, cfg.task_emb_dim), padded=True).view(3, hnet.num_chunks, cfg.chunk_size)
-            first_layer = hnet(hnet.embeddings([0]))[0][:784 * 400]
+            chunks = hnet(torch.randn(3, CHUNK_10.task_emb_dim), padded=True).view(3, hnet.num_chunks, CHUNK_10.chunk_size)
         assert chunks.sum(-1).abs().max() < 1e-5 * chunks.abs().sum(-1).max()
-        assert shared_chunk_share(first_layer, cfg.chunk_size) > 0.8  # the pattern is still shared
-        assert dead_unit_fraction(target, hnet, hnet.embeddings([0])[0], images) < 0.05
-    assert max(plain_dead) > 0.9  # plain hyperfan, same seeds: every unit dead in at least one
 
 
 def test_hyperfan_chunk_gain_stays_finite_when_a_chunk_has_no_live_feature():
