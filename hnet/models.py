@@ -150,11 +150,14 @@ class ChunkedHypernetwork(nn.Module):
       target's mean weight scale, sqrt(mean(target_variances)).
     * ``hyperfan_decorrelated``: the same, with chunks that start decorrelated (``init_hyperfan``).
     * ``hyperfan_zero_mean``: the same, with every generated chunk summing to zero (``init_hyperfan``).
+    * ``hyperfan_shrunk_mean``: between the two: the chunks' common mode shrunk to
+      sqrt(chunk_size / target_fan_in), target_fan_in the target's widest layer input (``init_hyperfan``).
     """
 
     def __init__(self, num_outputs: int, num_tasks: int, chunk_size: int, hidden: tuple[int, ...],
                  activation: str, task_emb_dim: int, chunk_emb_dim: int, init: str = "xavier",
-                 emb_std: float = 0.0, target_variances: torch.Tensor | None = None) -> None:
+                 emb_std: float = 0.0, target_variances: torch.Tensor | None = None,
+                 target_fan_in: int = 0) -> None:
         super().__init__()
         self.num_outputs, self.chunk_size, self.activation = num_outputs, chunk_size, activation
         self.num_chunks = math.ceil(num_outputs / chunk_size)
@@ -167,8 +170,13 @@ class ChunkedHypernetwork(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.out = nn.Linear(dims[-1], chunk_size)
         if init.startswith("hyperfan"):
+            # A first-layer row of target_fan_in weights holds target_fan_in / chunk_size repeats of the
+            # chunks' common mode: kept at sqrt(chunk_size / target_fan_in), their coherent sum has the
+            # variance of a sum of independent repeats (docs/init.md, "Chunks that sum to zero").
+            kept = {"hyperfan_zero_mean": 0.0,
+                    "hyperfan_shrunk_mean": min(1.0, math.sqrt(chunk_size / max(target_fan_in, 1)))}.get(init, 1.0)
             self.init_hyperfan(emb_std, target_variances, decorrelate=init == "hyperfan_decorrelated",
-                               chunk_mean_kept=0.0 if init == "hyperfan_zero_mean" else 1.0)
+                               chunk_mean_kept=kept)
             return
         # Glorot-uniform, zero biases, unit-normal embeddings (the authors' code): the output
         # layer's huge fan-out keeps generated target weights small at the start.
@@ -282,5 +290,6 @@ def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[
         return target, TargetWeights(target, cfg.num_tasks).to(device)
     hnet = ChunkedHypernetwork(num_weights(target), cfg.num_tasks, cfg.chunk_size, cfg.hnet_hidden,
                                cfg.hnet_activation, cfg.task_emb_dim, cfg.chunk_emb_dim, cfg.hnet_init,
-                               cfg.hnet_emb_std, fan_in_variances(target, cfg.target_activation))
+                               cfg.hnet_emb_std, fan_in_variances(target, cfg.target_activation),
+                               max(p.shape[1] for p in target.parameters() if p.dim() == 2))
     return target, hnet.to(device)

@@ -82,7 +82,7 @@ def test_target_weights_live_on_meta_and_hnet_is_seeded():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("init", ["hyperfan", "hyperfan_decorrelated", "hyperfan_zero_mean"])
+@pytest.mark.parametrize("init", ["hyperfan", "hyperfan_shrunk_mean", "hyperfan_decorrelated", "hyperfan_zero_mean"])
 @pytest.mark.parametrize("chunk_size, hidden, activation, target_activation", [
     (50, (20, 20), "elu", "relu"), (200, (50,), "relu", "relu"), (2000, (10, 10), "elu", "relu"),
     (100, (25, 25), "relu", "elu"), (10, (15,), "elu", "relu")])
@@ -159,6 +159,22 @@ def test_zero_mean_hyperfan_generates_chunks_summing_to_zero_and_first_layer_uni
         with torch.no_grad():
             chunks = hnet(torch.randn(3, CHUNK_10.task_emb_dim), padded=True).view(3, hnet.num_chunks, CHUNK_10.chunk_size)
         assert chunks.sum(-1).abs().max() < 1e-5 * chunks.abs().sum(-1).max()
+
+
+def test_shrunk_mean_hyperfan_keeps_sqrt_chunk_over_fan_in_of_the_common_mode():
+    """hyperfan_shrunk_mean is plain hyperfan with the output layer's mean over a chunk's outputs
+    scaled by sqrt(chunk_size / 784) (784: the target's widest fan-in); at chunk size 10 the
+    first-layer units start alive, and from chunk size 784 on it is plain hyperfan."""
+    images = mnist_like_images()
+    shrunk = [task0_at_init("hyperfan_shrunk_mean", seed, images) for seed in range(4)]
+    assert max(dead for _, dead in shrunk) < 0.05
+    for chunk_size, kept in [(10, (10 / 784) ** 0.5), (200, (200 / 784) ** 0.5), (2000, 1.0)]:
+        cfg = CHUNK_10.replace(chunk_size=chunk_size)
+        _, plain = build_models(cfg)
+        _, hnet = build_models(cfg.replace(hnet_init="hyperfan_shrunk_mean"))
+        plain_mean, mean = plain.out.weight.mean(0), hnet.out.weight.mean(0)
+        torch.testing.assert_close(mean, kept * plain_mean)
+        torch.testing.assert_close(hnet.out.weight - mean, plain.out.weight - plain_mean)
 
 
 def test_hyperfan_chunk_gain_stays_finite_when_a_chunk_has_no_live_feature():
