@@ -8,7 +8,8 @@ shift $(( $# < 5 ? $# : 5 ))
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 for f in "$data"/MNIST/raw/*.gz; do [ -e "${f%.gz}" ] || gunzip -k "$f"; done 2>/dev/null
 mps=off
-if pgrep -x nvidia-cuda-mps-control >/dev/null; then mps="on (daemon already running)"
+# pgrep -x sees the process name cut to 15 characters (nvidia-cuda-mps-control: nvidia-cuda-mps)
+if pgrep -x nvidia-cuda-mps >/dev/null; then mps="on (daemon already running)"
 elif nvidia-cuda-mps-control -d 2>/dev/null; then
     if python3 -c "import torch; torch.ones(1, device='cuda').sum().item()" 2>/dev/null; then mps=on
     else echo quit | nvidia-cuda-mps-control; fi
@@ -16,4 +17,4 @@ fi
 echo "CUDA MPS: $mps" | tee "$out/mps.txt"
 name=$(basename "$spec" .yaml)
 python3 bench/gpu_pool.py "$spec" --data-root "$data" --workers "$workers" --time-limit "$limit" \
-    --out "$out/$name.jsonl" "$@" 2>&1 | grep -v -i -e warn -e run_backward | tee "$out/$name.log"
+    --out "$out/$name.jsonl" "$@" 2>&1 | grep --line-buffered -v -i -e warn -e run_backward | tee "$out/$name.log"
