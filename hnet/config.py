@@ -128,8 +128,8 @@ class TrainConfig(Fields):
     chunk_size: int = option(2000, "target weights generated per hypernetwork call (chunk)")
     task_emb_dim: int = option(24, "task embedding size")
     chunk_emb_dim: int = option(8, "chunk embedding size")
-    hnet_init: str = option("hyperfan", "hypernetwork initialisation (docs/init.md; xavier: the authors' code)",
-                            HNET_INITS)
+    hnet_init: str = option("hyperfan_shrunk_mean", "hypernetwork initialisation (docs/init.md; xavier: the "
+                                                    "authors' code)", HNET_INITS)
     hnet_emb_std: float = option(0.0, "std of task and chunk embeddings at init (0 = the init's own)")
     # output regularizer, Eq. 2
     beta: float = option(0.01, "regularizer strength β of Eq. 2 (0 = fine-tuning baseline)")
