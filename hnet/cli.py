@@ -57,11 +57,16 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Runtime]:
         if not isinstance(file_values, dict):
             raise UserError(f"config {args.config} must be a mapping of config fields")
     preset_name = args.preset or file_values.pop("preset", None)
-    if preset_name:
-        values.update(preset(preset_name).to_dict())
-    values.update(file_values)
     fields = TrainConfig.field_names() + Runtime.field_names()
-    values.update({name: getattr(args, name) for name in fields if getattr(args, name) is not None})
+    given = {**file_values, **{name: getattr(args, name) for name in fields if getattr(args, name) is not None}}
+    if preset_name:
+        values.update(preset(preset_name, changed=list(given)).to_dict())
+        own = PRESETS[preset_name]
+        swapped = [f"{key} {values[key]}" for key in ("hnet_init", "hnet_activation") if own.get(key, values[key]) != values[key]]
+        if swapped:
+            print(f"hnet: preset {preset_name} with another hypernetwork shape, so the defaults {', '.join(swapped)} "
+                  f"(the preset's fit its own shape only; --hnet-init / --hnet-activation choose)", file=sys.stderr)
+    values.update(given)
     if "num_tasks" not in values and values.get("benchmark") in BENCHMARKS:
         values["num_tasks"] = BENCHMARKS[values["benchmark"]].default_tasks
     experiment, runtime = split_fields(values)

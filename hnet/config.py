@@ -303,10 +303,24 @@ PRESETS["permuted_digits"] = dict(
     hnet_activation="elu")
 
 
-def preset(name: str) -> TrainConfig:
+# The fields that shape a hypernetwork. A preset's init and activation are the authors' choices
+# for its own hypernetwork (Glorot + ELU: few large chunks); on the small-chunk architectures of
+# the Fig. A7 grid they leave every chunk-50 architecture at chance (docs/init.md).
+HNET_SHAPE = ("hnet_hidden", "chunk_size", "chunk_emb_dim", "task_emb_dim")
+
+
+def preset(name: str, changed: Sequence[str] = ()) -> TrainConfig:
+    """The preset's config. ``changed``: the fields the caller sets on top of it; when they
+    reshape the hypernetwork, ``hnet_init`` and ``hnet_activation`` (each unless changed too)
+    take their defaults instead of the preset's."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
-    return TrainConfig.from_dict(PRESETS[name])
+    values = dict(PRESETS[name])
+    if set(changed) & set(HNET_SHAPE):
+        for key in ("hnet_init", "hnet_activation"):
+            if key not in changed:
+                values.pop(key, None)
+    return TrainConfig.from_dict(values)
 
 
 __all__ = ["TrainConfig", "Runtime", "split_fields", "UserError", "ConfigError", "DataError", "BENCHMARKS", "PRESETS", "preset", "parse_sizes"]

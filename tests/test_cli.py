@@ -27,6 +27,21 @@ def test_dry_run_prints_counts_without_data(tmp_path, preset, hnet_weights, task
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.parametrize("flags, init, activation", [
+    ([], "xavier", "elu"),                                                 # the preset as the paper has it
+    (["--lr", "3e-4"], "xavier", "elu"),                                   # not its shape: the preset's pair
+    (["--chunk-size", "50", "--hnet-hidden", "65,70"], "hyperfan_shrunk_mean", "relu"),  # reshaped: defaults
+    (["--chunk-size", "50", "--hnet-init", "xavier"], "xavier", "relu"),  # a named field stays as named
+])
+def test_a_reshaped_preset_takes_the_default_init_and_activation(flags, init, activation):
+    """The split_mnist preset's Glorot + ELU fit its 12 large chunks; a small-chunk shape gets the defaults, said on stderr."""
+    proc = run("train", "--preset", "split_mnist", *flags, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)["config"]
+    assert (config["hnet_init"], config["hnet_activation"]) == (init, activation)
+    assert ("another hypernetwork shape" in proc.stderr) == (init != "xavier" or activation != "elu")
+
+
 def test_dry_run_without_hidden_layers():
     proc = run("train", "--benchmark", "split_digits", "--hnet-hidden", "", "--chunk-size", "500", "--dry-run")
     out = json.loads(proc.stdout)
