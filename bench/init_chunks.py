@@ -5,7 +5,7 @@ For each init and hypernetwork architecture (split_mnist preset otherwise), over
 the share of the generated first-layer weights common to all chunks (energy of the mean chunk /
 mean energy of a chunk; 0 for independent weights) and the fraction of the target's first-layer
 units that are dead (not positive for any of 512 MNIST training images of task 0) for task 0's
-weights at init. docs/init.md, "Chunks that start alike".
+weights at init. docs/init.md, "Chunks that start alike" and "The default: `hyperfan_shrunk_mean`".
 
     python bench/init_chunks.py --data-root ../shared/data [--seeds 8]
 """
@@ -32,7 +32,7 @@ def main() -> None:
     images, labels = raw_dataset("mnist", args.data_root)["train"]
     x = images[(labels == 0) | (labels == 1)][:512].float().reshape(512, -1) / 255
     print("init                   activation  hidden    chunk emb.  chunk size  shared share  dead first-layer units per seed")
-    for init in ["hyperfan", "hyperfan_decorrelated", "hyperfan_zero_mean"]:
+    for init in ["hyperfan", "hyperfan_shrunk_mean"]:
         for activation in args.activations:
             for hidden, chunk_emb, chunk_size in ARCHITECTURES:
                 cfg = preset("split_mnist").replace(hnet_init=init, hnet_activation=activation, hnet_hidden=hidden,

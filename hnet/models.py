@@ -130,9 +130,6 @@ def activation_gain(activation: str, second_moment: float) -> float:
     return (lo + hi) / 2
 
 
-CHUNK_SHARE = 0.9  # hyperfan_decorrelated: share of the hypernetwork's input variance from chunk embeddings
-
-
 class ChunkedHypernetwork(nn.Module):
     """Maps task embeddings to all weights of a target network, chunk by chunk.
 
@@ -148,9 +145,7 @@ class ChunkedHypernetwork(nn.Module):
       generated weights get ``target_variances``, the variances a fan-in initialisation of
       the target would give them; embeddings N(0, emb_std²) with emb_std by default the
       target's mean weight scale, sqrt(mean(target_variances)).
-    * ``hyperfan_decorrelated``: the same, with chunks that start decorrelated (``init_hyperfan``).
-    * ``hyperfan_zero_mean``: the same, with every generated chunk summing to zero (``init_hyperfan``).
-    * ``hyperfan_shrunk_mean``: between the two: the chunks' common mode shrunk to
+    * ``hyperfan_shrunk_mean`` (the default): the same, with the chunks' common mode shrunk to
       sqrt(chunk_size / target_fan_in), target_fan_in the target's widest layer input (``init_hyperfan``).
     """
 
@@ -173,10 +168,8 @@ class ChunkedHypernetwork(nn.Module):
             # A first-layer row of target_fan_in weights holds target_fan_in / chunk_size repeats of the
             # chunks' common mode: kept at sqrt(chunk_size / target_fan_in), their coherent sum has the
             # variance of a sum of independent repeats (docs/init.md, "Chunks that sum to zero").
-            kept = {"hyperfan_zero_mean": 0.0,
-                    "hyperfan_shrunk_mean": min(1.0, math.sqrt(chunk_size / max(target_fan_in, 1)))}.get(init, 1.0)
-            self.init_hyperfan(emb_std, target_variances, decorrelate=init == "hyperfan_decorrelated",
-                               chunk_mean_kept=kept)
+            kept = min(1.0, math.sqrt(chunk_size / max(target_fan_in, 1))) if init == "hyperfan_shrunk_mean" else 1.0
+            self.init_hyperfan(emb_std, target_variances, chunk_mean_kept=kept)
             return
         # Glorot-uniform, zero biases, unit-normal embeddings (the authors' code): the output
         # layer's huge fan-out keeps generated target weights small at the start.
@@ -185,8 +178,7 @@ class ChunkedHypernetwork(nn.Module):
             nn.init.zeros_(layer.bias)
 
     @torch.no_grad()
-    def init_hyperfan(self, emb_std: float, target_variances: torch.Tensor, decorrelate: bool = False,
-                      chunk_mean_kept: float = 1.0) -> None:
+    def init_hyperfan(self, emb_std: float, target_variances: torch.Tensor, chunk_mean_kept: float = 1.0) -> None:
         """Chunked hyperfan-in (docs/init.md): generated weights get the target's fan-in variances.
 
         The hypernetwork itself is an ordinary fan-in network of unit output variance:
@@ -200,29 +192,14 @@ class ChunkedHypernetwork(nn.Module):
         about lr · sqrt(v_k), not lr: with all chunks sharing the output layer, steps of size lr
         shift all target weights of a layer coherently and kill its ReLUs within a few steps.
 
-        ``decorrelate`` (``hyperfan_decorrelated``): chunks start as different as independent
-        fan-in weights. Plain hyperfan feeds every chunk the same task embedding, which holds
-        most of the input variance (96 of 104 units in SplitMNIST), and a ReLU's mean is shared
-        too, so ~90 % of a chunk's generated weights are the same for every chunk; at chunk size
-        10 that pattern repeats 78 times in each first-layer row and all units share the sign
-        of their input sum (all dead in half of the seeds). Here the chunk embeddings carry
-        ``CHUNK_SHARE`` of the input variance (the input's total stays (task_dim + chunk_dim) ·
-        emb_std², so the layers and the task embedding's leverage on the output keep hyperfan's
-        scale) and the output bias removes the features' mean over the initial embeddings' chunks.
-
         ``chunk_mean_kept`` < 1 shrinks the output layer's mean over its chunk_size outputs to that
-        share; ``hyperfan_zero_mean`` removes it (0), so every generated chunk sums to zero at init,
-        for any embedding. The shared pattern stays (and with it the task embedding's leverage),
-        but its common mode, which adds up coherently over the ~fan_in / chunk_size repeats in a
-        first-layer row on non-negative inputs, is gone.
+        share. Plain hyperfan feeds every chunk the same task embedding, which holds most of the
+        input variance, so most of a chunk's generated weights are a pattern shared by all chunks.
+        Its common mode (its sum) adds up coherently over the ~fan_in / chunk_size repeats in a
+        first-layer row on non-negative inputs, and at chunk size 10 can start every unit dead;
+        shrunk, the pattern (and the task embedding's leverage) stays, the coherent sum does not.
         """
         second_moment = emb_std**2
-        task_dim, chunk_dim = self.task_embs[0].numel(), self.chunk_embs.shape[1]
-        if decorrelate and task_dim and chunk_dim:  # the same emb_std² per input unit, split between the two
-            total = task_dim + chunk_dim
-            for embedding in self.task_embs:
-                embedding.mul_(math.sqrt((1 - CHUNK_SHARE) * total / task_dim))
-            self.chunk_embs.mul_(math.sqrt(CHUNK_SHARE * total / chunk_dim))
         gain = activation_gain(self.activation, second_moment)  # every hidden layer keeps emb_std²
         for layer in self.layers:
             nn.init.normal_(layer.weight, std=gain / math.sqrt(layer.in_features))
@@ -231,9 +208,6 @@ class ChunkedHypernetwork(nn.Module):
         nn.init.zeros_(self.out.bias)
         if chunk_mean_kept != 1.0:
             self.out.weight.sub_((1 - chunk_mean_kept) * self.out.weight.mean(0, keepdim=True))
-        if decorrelate:
-            features = self(torch.stack(list(self.task_embs)), features_only=True)
-            self.out.bias.copy_(-self.out.weight @ features.mean((0, 1)))
 
         def per_chunk_mean(values: torch.Tensor) -> torch.Tensor:  # (..., num_outputs) -> (num_chunks,)
             padded = torch.full((*values.shape[:-1], self.num_chunks * self.chunk_size), math.nan)
