@@ -167,7 +167,7 @@ class ChunkedHypernetwork(nn.Module):
         if init.startswith("hyperfan"):
             # A first-layer row of target_fan_in weights holds target_fan_in / chunk_size repeats of the
             # chunks' common mode: kept at sqrt(chunk_size / target_fan_in), their coherent sum has the
-            # variance of a sum of independent repeats (docs/init.md, "Chunks that sum to zero").
+            # variance of a sum of independent repeats (docs/init.md, "The default: hyperfan_shrunk_mean").
             kept = min(1.0, math.sqrt(chunk_size / max(target_fan_in, 1))) if init == "hyperfan_shrunk_mean" else 1.0
             self.init_hyperfan(emb_std, target_variances, chunk_mean_kept=kept)
             return

@@ -128,7 +128,7 @@ def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
                         f"put them under runtime:")
     try:
         name = base_values.pop("preset", None)
-        changed = [*base_values, *_mapping(raw.get("space"), "space")]  # reshaped: the defaults' init (config.preset)
+        changed = [*base_values, *_mapping(raw.get("space"), "space")]  # reshaping: hnet.config.preset
         base = TrainConfig.from_dict({**(preset(name, changed).to_dict() if name else {}), **base_values}).validate()
     except ConfigError as exc:
         raise SpecError(f"base: {exc}") from None
