@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .config import BENCHMARKS, PRESETS, Runtime, TrainConfig, UserError, preset, split_fields
+from .config import BENCHMARKS, PRESETS, SHAPE_BOUND, Runtime, TrainConfig, UserError, preset, split_fields
 
 USAGE_ERROR = 2
 
@@ -62,8 +62,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Runtime]:
     if preset_name:
         values.update(preset(preset_name, changed=list(given)).to_dict())
         own = PRESETS[preset_name]
-        swapped = [f"{key} {values[key]}" for key in ("hnet_init", "hnet_activation")
-                   if own.get(key, values[key]) != values[key]]
+        swapped = [f"{key} {values[key]}" for key in SHAPE_BOUND if own.get(key, values[key]) != values[key]]
         if swapped:
             print(f"hnet: preset {preset_name} with another hypernetwork shape, so the defaults {', '.join(swapped)} "
                   f"(the preset's fit its own shape only; --hnet-init / --hnet-activation choose)", file=sys.stderr)

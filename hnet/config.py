@@ -307,6 +307,7 @@ PRESETS["permuted_digits"] = dict(
 # for its own hypernetwork (Glorot + ELU: few large chunks); on the small-chunk architectures of
 # the Fig. A7 grid they leave every chunk-50 architecture at chance (docs/init.md).
 HNET_SHAPE = ("hnet_hidden", "chunk_size", "chunk_emb_dim", "task_emb_dim")
+SHAPE_BOUND = ("hnet_init", "hnet_activation")  # a preset's choices that hold for its own shape only
 
 
 def preset(name: str, changed: Sequence[str] = ()) -> TrainConfig:
@@ -317,7 +318,7 @@ def preset(name: str, changed: Sequence[str] = ()) -> TrainConfig:
         raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
     values = dict(PRESETS[name])
     if set(changed) & set(HNET_SHAPE):
-        for key in ("hnet_init", "hnet_activation"):
+        for key in SHAPE_BOUND:
             if key not in changed:
                 values.pop(key, None)
     return TrainConfig.from_dict(values)

@@ -126,9 +126,10 @@ def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
     if misplaced:
         raise SpecError(f"base: {', '.join(misplaced)} describe(s) how trials run, not the experiment: "
                         f"put them under runtime:")
+    space = dict(_mapping(raw.get("space"), "space"))
     try:
         name = base_values.pop("preset", None)
-        changed = [*base_values, *_mapping(raw.get("space"), "space")]  # reshaping: hnet.config.preset
+        changed = [*base_values, *space]  # a reshaped preset: hnet.config.preset
         base = TrainConfig.from_dict({**(preset(name, changed).to_dict() if name else {}), **base_values}).validate()
     except ConfigError as exc:
         raise SpecError(f"base: {exc}") from None
@@ -153,7 +154,7 @@ def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
             except ConfigError as exc:
                 raise SpecError(str(exc)) from None
     spec = SweepSpec(name=str(raw.get("name") or Path(source).stem or "sweep"), base=base,
-                     space=dict(_mapping(raw.get("space"), "space")), runtime=runtime, source=source, **values)
+                     space=space, runtime=runtime, source=source, **values)
     spec.experiment = spec.experiment or spec.name
     validate(spec)
     return spec

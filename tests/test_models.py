@@ -146,11 +146,11 @@ def test_shrunk_mean_hyperfan_keeps_sqrt_chunk_over_fan_in_of_the_common_mode():
     assert min(share for share, _ in shrunk) > 0.5 and max(dead for _, dead in shrunk) < 0.05
     for chunk_size, kept in [(10, (10 / 784) ** 0.5), (200, (200 / 784) ** 0.5), (2000, 1.0)]:
         cfg = CHUNK_10.replace(chunk_size=chunk_size)
-        _, plain = build_models(cfg)
+        _, plain_hnet = build_models(cfg)
         _, hnet = build_models(cfg.replace(hnet_init="hyperfan_shrunk_mean"))
-        plain_mean, mean = plain.out.weight.mean(0), hnet.out.weight.mean(0)
+        plain_mean, mean = plain_hnet.out.weight.mean(0), hnet.out.weight.mean(0)
         torch.testing.assert_close(mean, kept * plain_mean)
-        torch.testing.assert_close(hnet.out.weight - mean, plain.out.weight - plain_mean)
+        torch.testing.assert_close(hnet.out.weight - mean, plain_hnet.out.weight - plain_mean)
 
 
 def test_hyperfan_chunk_gain_stays_finite_when_a_chunk_has_no_live_feature():
