@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Pick the variant of a GPU panel with the highest mean validation acc_after_mean.
+
+Each subfolder of PANEL is one variant, named INIT_ACTIVATION (``xavier_elu``, as
+bench/gpu_init_panel.sh writes them) and holding the JSON lines of bench/gpu_pool.py.
+Only configurations finished by every variant count, so a variant is not favoured by the
+trials it happened to finish. Prints a table to stderr and the winner's ``--set`` flags to stdout.
+
+    python bench/best_variant.py PANEL
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+SHAPE = ("hnet_hidden", "chunk_size", "chunk_emb_dim", "seed")
+
+
+def load(folder: Path) -> dict[str, float]:
+    """Architecture key -> validation acc_after_mean of its finished trials."""
+    rows = [json.loads(line) for f in folder.glob("*.jsonl") for line in open(f) if line.strip()]
+    return {json.dumps([r["config"][k] for k in SHAPE]): r["val_acc_after_mean"] for r in rows}
+
+
+def main(panel: str) -> int:
+    variants = {d.name: load(d) for d in sorted(Path(panel).iterdir()) if d.is_dir()}
+    variants = {name: acc for name, acc in variants.items() if acc}
+    if not variants:
+        print(f"best_variant: error: no finished trials under {panel}", file=sys.stderr)
+        return 2
+    common = set.intersection(*(set(acc) for acc in variants.values()))
+    means = {name: statistics.mean(acc[k] for k in common) for name, acc in variants.items()}
+    for name, mean in sorted(means.items(), key=lambda kv: -kv[1]):
+        print(f"{mean:6.2f}  {name}  ({len(common)} architectures)", file=sys.stderr)
+    best = max(means, key=means.__getitem__)
+    init, activation = best.rsplit("_", 1)
+    print(f"--set hnet_init={init} --set hnet_activation={activation}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]) if len(sys.argv) == 2 else 2)
