@@ -24,7 +24,7 @@ ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu")
 SCENARIOS = ("cl1", "cl2", "cl3")
 METHODS = ("hnet", "finetune", "ewc", "si")  # the hypernetwork, or the target network trained directly
 REG_FORMS = ("auto", "factored", "direct")
-HNET_INITS = ("hyperfan_shrunk_mean", "hyperfan", "xavier")
+HNET_INITS = ("hyperfan_shrunk_mean", "hyperfan_out_step", "hyperfan", "xavier")
 
 
 class UserError(Exception):

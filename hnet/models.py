@@ -147,6 +147,8 @@ class ChunkedHypernetwork(nn.Module):
       target's mean weight scale, sqrt(mean(target_variances)).
     * ``hyperfan_shrunk_mean`` (the default): the same, with the chunks' common mode shrunk to
       sqrt(chunk_size / target_fan_in), target_fan_in the target's widest layer input (``init_hyperfan``).
+    * ``hyperfan_out_step``: the same function at init, with the target's scale moved from the
+      fixed chunk gains into the output layer, so that Adam trains it (``scale_output_step``).
     """
 
     def __init__(self, num_outputs: int, num_tasks: int, chunk_size: int, hidden: tuple[int, ...],
@@ -168,8 +170,10 @@ class ChunkedHypernetwork(nn.Module):
             # A first-layer row of target_fan_in weights holds target_fan_in / chunk_size repeats of the
             # chunks' common mode: kept at sqrt(chunk_size / target_fan_in), their coherent sum has the
             # variance of a sum of independent repeats (docs/init.md, "The default: hyperfan_shrunk_mean").
-            kept = min(1.0, math.sqrt(chunk_size / max(target_fan_in, 1))) if init == "hyperfan_shrunk_mean" else 1.0
-            self.init_hyperfan(emb_std, target_variances, chunk_mean_kept=kept)
+            share = min(1.0, math.sqrt(chunk_size / max(target_fan_in, 1)))
+            self.init_hyperfan(emb_std, target_variances, chunk_mean_kept=1.0 if init == "hyperfan" else share)
+            if init == "hyperfan_out_step":
+                self.scale_output_step(share, emb_std)
             return
         # Glorot-uniform, zero biases, unit-normal embeddings (the authors' code): the output
         # layer's huge fan-out keeps generated target weights small at the start.
@@ -220,6 +224,20 @@ class ChunkedHypernetwork(nn.Module):
         # get an infinite gain: floor its moment at 1 % of the mean (gain at most 10x the typical).
         moment = moment.clamp_min(0.01 * moment.mean())
         self.chunk_scale = (per_chunk_mean(target_variances) / moment).sqrt()
+
+    @torch.no_grad()
+    def scale_output_step(self, step: float, emb_std: float) -> None:
+        """Move the target's scale from the fixed chunk gains into the output layer, leaving gains
+        of about ``step / emb_std``: the same function, but an Adam step on the output layer (about
+        lr per entry, whatever its size) now moves generated weights by about lr · sqrt(width) · step
+        instead of lr · sqrt(width) · emb_std · s_k (s_k ≈ 0.05, emb_std ≈ 0.04: ~500x less).
+        With chunks of thousands of weights the output layer is most of the hypernetwork; frozen
+        that way, PermutedMNIST learns little and forgets much (docs/init.md). ``step`` < 1 for chunks
+        smaller than the target's fan-in, whose output-layer steps add up coherently in a row."""
+        common = self.chunk_scale.mean() * emb_std / step
+        self.out.weight.mul_(common)
+        self.out.bias.mul_(common)
+        self.chunk_scale.div_(common)
 
     def forward(self, task_embs: torch.Tensor, features_only: bool = False, padded: bool = False) -> torch.Tensor:
         """(T, task_emb_dim) -> generated weights (T, num_outputs).

@@ -4,7 +4,7 @@ import torch
 
 from hnet.config import TrainConfig, preset
 from hnet.counts import count_weights
-from hnet.models import (MLP, ChunkedHypernetwork, build_models, dead_unit_fraction, flat_weights, num_weights,
+from hnet.models import (MLP, ChunkedHypernetwork, build_models, dead_unit_fraction, fan_in_variances, flat_weights, num_weights,
                          shared_chunk_share, target_forward)
 
 
@@ -82,7 +82,7 @@ def test_target_weights_live_on_meta_and_hnet_is_seeded():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("init", ["hyperfan", "hyperfan_shrunk_mean"])
+@pytest.mark.parametrize("init", ["hyperfan", "hyperfan_shrunk_mean", "hyperfan_out_step"])
 @pytest.mark.parametrize("chunk_size, hidden, activation, target_activation", [
     (50, (20, 20), "elu", "relu"), (200, (50,), "relu", "relu"), (2000, (10, 10), "elu", "relu"),
     (100, (25, 25), "relu", "elu"), (10, (15,), "elu", "relu")])
@@ -151,6 +151,33 @@ def test_shrunk_mean_hyperfan_keeps_sqrt_chunk_over_fan_in_of_the_common_mode():
         plain_mean, mean = plain_hnet.out.weight.mean(0), hnet.out.weight.mean(0)
         torch.testing.assert_close(mean, kept * plain_mean)
         torch.testing.assert_close(hnet.out.weight - mean, plain_hnet.out.weight - plain_mean)
+
+
+@pytest.mark.parametrize("chunk_size", [50, 4000])
+def test_out_step_init_is_the_same_function_with_a_larger_output_layer_step(chunk_size):
+    """hyperfan_out_step generates the same weights as hyperfan_shrunk_mean at init; its chunk gains
+    average sqrt(min(1, chunk_size / fan_in)) / emb_std, so Adam's first step on the output layer
+    (lr times the gradient's sign, whatever the layer's scale) moves the generated weights that
+    much more than with the gains of hyperfan_shrunk_mean (~0.05)."""
+    cfg = preset("permuted_mnist").replace(hnet_hidden=(20,), chunk_size=chunk_size, hnet_activation="relu")
+    generated, moved, gains = {}, {}, {}
+    for init in ["hyperfan_shrunk_mean", "hyperfan_out_step"]:
+        _, hnet = build_models(cfg.replace(hnet_init=init))
+        embedding = hnet.embeddings([0])
+        before = hnet(embedding).detach()
+        optimizer = torch.optim.Adam(hnet.out.parameters(), lr=1e-4)
+        (hnet(embedding) * torch.linspace(-1, 1, before.shape[1])).sum().backward()
+        optimizer.step()
+        generated[init], gains[init] = before, hnet.chunk_scale
+        moved[init] = (hnet(embedding).detach() - before).square().mean().sqrt()
+    torch.testing.assert_close(generated["hyperfan_out_step"], generated["hyperfan_shrunk_mean"], rtol=1e-4, atol=1e-7)
+    target, _ = build_models(cfg)
+    emb_std = fan_in_variances(target, cfg.target_activation).mean().sqrt().item()  # the init's embedding std
+    step = min(1.0, (chunk_size / 1024) ** 0.5)  # 1024: the widest fan-in (32 x 32 inputs, 1024-1000-1000-10 target)
+    torch.testing.assert_close(gains["hyperfan_out_step"].mean().item(), step / emb_std, rtol=1e-5, atol=0)
+    ratio = (gains["hyperfan_out_step"] / gains["hyperfan_shrunk_mean"]).mean().item()
+    assert 0.9 * ratio < moved["hyperfan_out_step"] / moved["hyperfan_shrunk_mean"] < 1.1 * ratio
+    assert ratio > 50  # the output layer was ~frozen under Adam before
 
 
 def test_hyperfan_chunk_gain_stays_finite_when_a_chunk_has_no_live_feature():
