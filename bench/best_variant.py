@@ -15,13 +15,14 @@ import statistics
 import sys
 from pathlib import Path
 
-SHAPE = ("hnet_hidden", "chunk_size", "chunk_emb_dim", "seed")
+VARIED = ("hnet_init", "hnet_activation")  # what tells the variants apart (the folder name)
 
 
 def load(folder: Path) -> dict[str, float]:
-    """Architecture key -> validation acc_after_mean of its finished trials."""
+    """Trial key (its config less the varied fields) -> validation acc_after_mean of the finished trials."""
     rows = [json.loads(line) for f in folder.glob("*.jsonl") for line in open(f) if line.strip()]
-    return {json.dumps([r["config"][k] for k in SHAPE]): r["val_acc_after_mean"] for r in rows}
+    return {json.dumps({k: v for k, v in r["config"].items() if k not in VARIED}, sort_keys=True):
+            r["val_acc_after_mean"] for r in rows}
 
 
 def main(panel: str) -> int:

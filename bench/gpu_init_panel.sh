@@ -6,6 +6,7 @@
 set -uo pipefail
 data=$1 out=$2 workers=$3 iters=$4
 shift 4
+pids=()
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$out/gpu_use.csv" &
 smi=$!
 for variant in "$@"; do
@@ -14,7 +15,8 @@ for variant in "$@"; do
     bash bench/gpu_study.sh sweeps/configs/fig_a7_permutedmnist.yaml "$data" "$out/$variant" "$workers" 1 \
         --set iters="$iters" --set val_fraction=0.1 --set hnet_init="$init" --set hnet_activation="$activation" \
         > "$out/$variant/stdout.txt" 2>&1 &
+    pids+=($!)
 done
-wait $(jobs -p | grep -v "^$smi$")
+wait "${pids[@]}"
 kill $smi
 python3 bench/best_variant.py "$out"
