@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from hnet.config import SCENARIOS, ConfigError, Runtime, preset, split_fields
+from hnet.config import SCENARIOS, ConfigError, Runtime, TrainConfig, preset, split_fields
 from hnet.data import load_benchmark
 from hnet.evaluation import evaluate
 from hnet.models import build_models
@@ -91,6 +91,12 @@ def summary_table(lines: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def unseeded(config: dict) -> str:
+    """A line's config but for its seed, fields it predates at their defaults (a preset's fields
+    change between versions of the code: a line is matched by what it trained, not by its name)."""
+    return json.dumps({**TrainConfig.from_dict(config).to_dict(), "seed": None}, sort_keys=True)
+
+
 def variant(preset_name: str, overrides: dict) -> tuple[str, str]:
     """What a line of ``--out`` trained, but for its seed: the preset and its overrides."""
     return preset_name, json.dumps(overrides, sort_keys=True)
@@ -117,10 +123,10 @@ def main() -> None:
     base = preset(args.preset).replace(**overrides).replace(method="hnet", scenario="cl1")
     out = Path(args.out)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    done = {(*variant(line["preset"], line["set"]), line["seed"]) for line in lines}
+    done = {(unseeded(line["config"]), line["seed"]) for line in lines}  # by what was trained, not by its name
     bench = None
     for seed in args.seeds:
-        if (*variant(args.preset, overrides), seed) in done:
+        if (unseeded(base.to_dict()), seed) in done:
             print(f"seed {seed}: already in {out}")
             continue
         cfg = base.replace(seed=seed).validate()

@@ -65,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Runtime]:
         swapped = [f"{key} {values[key]}" for key in SHAPE_BOUND if own.get(key, values[key]) != values[key]]
         if swapped:
             print(f"hnet: preset {preset_name} with another hypernetwork shape, so the defaults {', '.join(swapped)} "
-                  f"(the preset's fit its own shape only; --hnet-init / --hnet-activation choose)", file=sys.stderr)
+                  f"(the preset's fit its own shape only; --hnet-init / --hnet-activation / --lr-schedule choose)", file=sys.stderr)
     values.update(given)
     if "num_tasks" not in values and values.get("benchmark") in BENCHMARKS:
         values["num_tasks"] = BENCHMARKS[values["benchmark"]].default_tasks

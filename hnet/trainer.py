@@ -36,6 +36,8 @@ class TrainingDiverged(RuntimeError):
 class Callback:
     """Hooks of the trainer; override what you need."""
 
+    def on_models(self, target: torch.nn.Module, hnet: torch.nn.Module, bench: Benchmark) -> None: ...  # once, first
+
     def on_task_start(self, task: int, cfg: TrainConfig) -> None: ...
 
     def on_iteration(self, task: int, iteration: int, loss_task: torch.Tensor, loss_reg: torch.Tensor | None) -> None: ...
@@ -101,6 +103,8 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
             penalty.load_state_dict(saved["penalty"])
         state = {k: saved[k] for k in state}
 
+    for cb in callbacks:
+        cb.on_models(target, hnet, bench)
     for task in range(state["next_task"], cfg.num_tasks):
         for cb in callbacks:
             cb.on_task_start(task, cfg)
@@ -109,7 +113,12 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         theta = hnet.theta()
         embedding = hnet.task_embs[task]  # earlier embeddings stay frozen: not in the optimizer
         graphed = use_cuda_graph(cfg, runtime, device)
-        optimizer = torch.optim.Adam([*theta.values(), embedding], lr=cfg.lr, capturable=graphed)
+        # cosine: the task's last iterate settles instead of being a sample of constant-lr noise
+        # (docs/init.md, CL1 parity). A captured CUDA graph reads lr from a tensor the schedule refills.
+        cosine = cfg.lr_schedule == "cosine"
+        optimizer = torch.optim.Adam([*theta.values(), embedding], capturable=graphed,
+                                     lr=torch.tensor(cfg.lr, device=device) if graphed and cosine else cfg.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.iters) if cosine else None
         regularize = cfg.method == "hnet" and cfg.beta > 0 and task > 0
         reg_targets = snapshot(hnet, task, runtime.reg_form_for(cfg)) if regularize else None
         batches = bench.train_batches(task, cfg.batch_size, generator)
@@ -140,6 +149,8 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         for it in range(cfg.iters):
             x, y = next(batches)
             loss_task, loss_reg = step(x, y)
+            if schedule:
+                schedule.step()
             for cb in callbacks:
                 cb.on_iteration(task, it, loss_task, loss_reg)
             if task == 0 and it + 1 == min(DEAD_UNITS_AT, cfg.iters):  # the init diagnostic of docs/init.md

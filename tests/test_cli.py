@@ -27,18 +27,20 @@ def test_dry_run_prints_counts_without_data(tmp_path, preset, hnet_weights, task
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-@pytest.mark.parametrize("flags, init, activation", [
-    ([], "xavier", "elu"),                                                 # the preset as the paper has it
-    (["--lr", "3e-4"], "xavier", "elu"),                                   # not its shape: the preset's pair
-    (["--chunk-size", "50", "--hnet-hidden", "65,70"], "hyperfan_shrunk_mean", "relu"),  # reshaped: defaults
-    (["--chunk-size", "50", "--hnet-init", "xavier"], "xavier", "relu"),  # a named field stays as named
+@pytest.mark.parametrize("flags, init, activation, schedule", [
+    ([], "xavier", "elu", "cosine"),                                       # the preset
+    (["--lr", "3e-4"], "xavier", "elu", "cosine"),                         # not its shape: the preset's choices
+    (["--chunk-size", "50", "--hnet-hidden", "65,70"], "hyperfan_shrunk_mean", "relu", "constant"),  # defaults
+    (["--chunk-size", "50", "--hnet-init", "xavier"], "xavier", "relu", "constant"),  # a named field stays
+    (["--chunk-size", "50", "--lr-schedule", "cosine"], "hyperfan_shrunk_mean", "relu", "cosine"),
 ])
-def test_a_reshaped_preset_takes_the_default_init_and_activation(flags, init, activation):
-    """The split_mnist preset's Glorot + ELU fit its 12 large chunks; a small-chunk shape gets the defaults, said on stderr."""
+def test_a_reshaped_preset_takes_the_default_init_and_activation(flags, init, activation, schedule):
+    """The split_mnist preset's Glorot + ELU and cosine lr fit its 12 large chunks; a small-chunk shape gets the
+    defaults, said on stderr."""
     proc = run("train", "--preset", "split_mnist", *flags, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     config = json.loads(proc.stdout)["config"]
-    assert (config["hnet_init"], config["hnet_activation"]) == (init, activation)
+    assert (config["hnet_init"], config["hnet_activation"], config["lr_schedule"]) == (init, activation, schedule)
     assert ("another hypernetwork shape" in proc.stderr) == (init != "xavier" or activation != "elu")
 
 
@@ -57,6 +59,7 @@ def test_dry_run_without_hidden_layers():
     (["--beta", "-1"], "beta must be >= 0"),
     (["--hnet-init", "kaiming"], "unknown hnet_init"),
     (["--hnet-emb-std", "-0.1"], "hnet_emb_std must be >= 0"),
+    (["--lr-schedule", "step"], "unknown lr_schedule"),
     (["--iters", "ten"], "invalid int value"),
     (["--method", "replay"], "unknown method"),
     (["--scenario", "cl9"], "unknown scenario"),

@@ -11,10 +11,12 @@ from hnet.trainer import train
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.mark.parametrize("reg_form, lookahead", [("factored", True), ("direct", True), ("direct", False)])
-def test_cuda_graph_step_matches_eager(reg_form, lookahead):
+@pytest.mark.parametrize("reg_form, lookahead, lr_schedule", [
+    ("factored", True, "constant"), ("direct", True, "constant"), ("direct", False, "constant"),
+    ("factored", True, "cosine")])  # cosine: the graph reads lr from a tensor the schedule refills
+def test_cuda_graph_step_matches_eager(reg_form, lookahead, lr_schedule):
     cfg = TrainConfig(benchmark="split_digits", num_tasks=3, iters=60, batch_size=32, chunk_size=500,
-                      hnet_hidden=(10, 10), lookahead=lookahead, beta=0.05)
+                      hnet_hidden=(10, 10), lookahead=lookahead, beta=0.05, lr_schedule=lr_schedule)
     eager = train(cfg, runtime=Runtime(device="cuda", reg_form=reg_form, cuda_graph=False))
     graphed = train(cfg, runtime=Runtime(device="cuda", reg_form=reg_form, cuda_graph=True))
     # Same iterations, same batches; only kernel launch differs, so accuracies agree up to float32

@@ -18,12 +18,13 @@ TINY_BASE = {"preset": "split_digits", "num_tasks": 3, "iters": 15, "batch_size"
 def test_a_spec_reshaping_a_preset_gets_the_default_init_unless_it_names_one():
     """Same rule as `hnet train --preset` (hnet.config.preset): a space over the hypernetwork's shape."""
     reshaped = parse_spec({"name": "r", "base": {"preset": "split_mnist"}, "space": {"chunk_size": [50, 100]}})
-    assert (reshaped.base.hnet_init, reshaped.base.hnet_activation) == ("hyperfan_shrunk_mean", "relu")
+    assert (reshaped.base.hnet_init, reshaped.base.hnet_activation, reshaped.base.lr_schedule) == \
+        ("hyperfan_shrunk_mean", "relu", "constant")
     named = parse_spec({"name": "n", "base": {"preset": "split_mnist", "hnet_init": "xavier"},
                         "space": {"chunk_size": [50, 100]}})
     assert (named.base.hnet_init, named.base.hnet_activation) == ("xavier", "relu")
     kept = parse_spec({"name": "k", "base": {"preset": "split_mnist"}, "space": {"beta": [0.01, 0.1]}})
-    assert (kept.base.hnet_init, kept.base.hnet_activation) == ("xavier", "elu")
+    assert (kept.base.hnet_init, kept.base.hnet_activation, kept.base.lr_schedule) == ("xavier", "elu", "cosine")
 
 
 def write_spec(tmp_path, **changes):

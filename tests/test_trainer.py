@@ -1,6 +1,7 @@
 """The continual trainer on offline data (scikit-learn's 8x8 digits)."""
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from hnet.config import preset
 from hnet.data import load_benchmark
@@ -41,8 +42,9 @@ def test_beta_zero_turns_the_regularizer_off():
     assert [has for task, has in rec.reg_seen] == [False] * 5 + [True] * 5
 
 
-def test_checkpoint_resume_equals_uninterrupted(tmp_path):
-    cfg = small(reg_subset=1)  # the random subset of earlier tasks must resume identically too
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])  # cosine restarts with every task
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, lr_schedule):
+    cfg = small(reg_subset=1, lr_schedule=lr_schedule)  # the random subset of earlier tasks must resume identically too
     full = train(cfg, checkpoint=tmp_path / "full.pt")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, callbacks=[Recorder(stop_after=1)], checkpoint=tmp_path / "cut.pt")
@@ -54,6 +56,25 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     a = torch.load(tmp_path / "full.pt", weights_only=True)["hnet"]
     b = torch.load(tmp_path / "cut.pt", weights_only=True)["hnet"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_lr_schedule_runs_within_each_task(lr_schedule):
+    """The lr Adam steps with (read by torch's global optimizer hook): constant, or cosine from lr
+    down to ~0 at every task's last iteration, restarting with the next task."""
+    lrs = []
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: lrs.append(float(opt.param_groups[0]["lr"])))
+    try:
+        train(small(num_tasks=2, iters=20, lr_schedule=lr_schedule))
+    finally:
+        hook.remove()
+    lr = small().lr
+    for task_lrs in (lrs[:20], lrs[20:]):
+        assert len(task_lrs) == 20 and task_lrs[0] == pytest.approx(lr)
+        if lr_schedule == "constant":
+            assert task_lrs == [pytest.approx(lr)] * 20
+        else:
+            assert all(b < a for a, b in zip(task_lrs, task_lrs[1:])) and task_lrs[-1] < 0.01 * lr
 
 
 def test_resume_refuses_a_different_config(tmp_path):
