@@ -40,8 +40,9 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
     frame = pd.DataFrame({"run_id": runs["run_id"], "trial_id": runs[f"tags.{record.TRIAL_ID}"],
                           "sweep_id": runs[f"tags.{record.SWEEP_ID}"], "benchmark": runs[f"tags.{record.BENCHMARK}"],
                           "status": runs[f"tags.{record.STATUS}"].fillna("running"), "start_time": runs["start_time"]})
+    defaults = TrainConfig().to_flat_params()  # runs logged before a field existed ran with its default
     for name in TrainConfig.field_names():
-        frame[name] = runs.get(f"params.{name}")
+        frame[name] = runs[f"params.{name}"].fillna(defaults[name]) if f"params.{name}" in runs else defaults[name]
     for name in record.RESULT_METRICS:
         if f"metrics.{name}" in runs:
             frame[name] = runs[f"metrics.{name}"]

@@ -15,14 +15,17 @@ import statistics
 import sys
 from pathlib import Path
 
+from hnet.config import TrainConfig
+
 VARIED = ("hnet_init", "hnet_activation")  # what tells the variants apart (the folder name)
 
 
 def load(folder: Path) -> dict[str, float]:
     """Trial key (its config less the varied fields) -> validation acc_after_mean of the finished trials."""
     rows = [json.loads(line) for f in folder.glob("*.jsonl") for line in open(f) if line.strip()]
-    return {json.dumps({k: v for k, v in r["config"].items() if k not in VARIED}, sort_keys=True):
-            r["val_acc_after_mean"] for r in rows}
+    configs = [TrainConfig.from_dict(r["config"]).to_dict() for r in rows]  # fields a line predates: their defaults
+    return {json.dumps({k: v for k, v in c.items() if k not in VARIED}, sort_keys=True): r["val_acc_after_mean"]
+            for c, r in zip(configs, rows)}
 
 
 def main(panel: str) -> int:

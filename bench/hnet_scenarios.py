@@ -73,9 +73,10 @@ def summary_table(lines: list[dict]) -> str:
 
     groups: dict[tuple, list[dict]] = {}
     for line in lines:
-        groups.setdefault(variant(line["preset"], line["set"]), []).append(line)
-    rows = ["| preset | overrides | seeds | CL1 | CL2 | CL3 | task inference |", "|---|---|---|---|---|---|---|"]
-    for (name, overrides), group in groups.items():
+        groups.setdefault((*variant(line["preset"], line["set"]), unseeded(line["config"])), []).append(line)
+    rows = ["| preset | overrides | lr schedule | seeds | CL1 | CL2 | CL3 | task inference |",
+            "|---|---|---|---|---|---|---|---|"]
+    for (name, overrides, config), group in groups.items():
         cells = []
         for scenario, key in [("cl1", "acc_after_mean"), ("cl2", "acc_after_mean"), ("cl3", "acc_after_mean"),
                               ("cl3", "task_inference_acc")]:
@@ -86,7 +87,8 @@ def summary_table(lines: list[dict]) -> str:
             val = [g[scenario][f"val_{key}"] for g in group if f"val_{key}" in g[scenario]]
             cells.append(f"{stat(val)} / {test}" if val else test)
         seeds = ",".join(str(g["seed"]) for g in group)
-        rows.append(f"| {name} | {', '.join(f'{k}={v}' for k, v in json.loads(overrides).items())} | {seeds} | "
+        rows.append(f"| {name} | {', '.join(f'{k}={v}' for k, v in json.loads(overrides).items())} | "
+                    f"{json.loads(config)['lr_schedule']} | {seeds} | "
                     + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -120,7 +122,7 @@ def main() -> None:
 
     overrides, run = split_fields(dict(item.split("=", 1) for item in args.set))
     runtime = Runtime(data_root=args.data_root, device=args.device, threads=args.threads).replace(**run).validate()
-    base = preset(args.preset).replace(**overrides).replace(method="hnet", scenario="cl1")
+    base = preset(args.preset, changed=list(overrides)).replace(**overrides).replace(method="hnet", scenario="cl1")
     out = Path(args.out)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     done = {(unseeded(line["config"]), line["seed"]) for line in lines}  # by what was trained, not by its name

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Accuracy of the last task while it is learned, every few iterations (test, and validation
 where a split is held out): whether its final accuracy is a settled value or one sample of the
-noise a constant learning rate keeps up (docs/init.md, "CL1 parity: a cosine lr within each task").
+noise a constant learning rate keeps up (docs/init.md, "Since 2026-12-01: a cosine learning rate
+within each task — parity").
 
     python bench/last_task_trace.py --preset split_mnist --set lr_schedule=constant --seeds 0 1 \\
         --set val_fraction=0.1 --data-root ../shared/data --threads 1 --out docs/cl1_parity/trace.jsonl
@@ -77,9 +78,13 @@ def main() -> None:
         plot([json.loads(line) for line in out.read_text().splitlines()], Path(args.plot))
         return
     overrides, run = split_fields(dict(item.split("=", 1) for item in args.set))
+    if args.every < 1:
+        ap.error("--every must be >= 1")
     runtime = Runtime(data_root=args.data_root, threads=args.threads).replace(**run).validate()
     for seed in args.seeds:
-        cfg = preset(args.preset).replace(**overrides, seed=seed).validate()
+        cfg = preset(args.preset, changed=list(overrides)).replace(**overrides, seed=seed).validate()
+        if args.every > cfg.iters:
+            ap.error(f"--every {args.every} is more than the {cfg.iters} iterations of a task")
         trace = LastTaskTrace(cfg, args.every)
         result = train(cfg, callbacks=[ProgressBar(), trace], runtime=runtime)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
              "dead_units_first_layer": None, "task_inference_acc": None}
     if resume and checkpoint and Path(checkpoint).exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        if saved["config"] != cfg.to_dict():
+        if TrainConfig.from_dict(saved["config"]).to_dict() != cfg.to_dict():  # fields it predates: defaults
             raise ValueError(f"checkpoint {checkpoint} was written for a different configuration")
         hnet.load_state_dict(saved["hnet"])
         if penalty:

@@ -33,6 +33,7 @@ def test_dry_run_prints_counts_without_data(tmp_path, preset, hnet_weights, task
     (["--chunk-size", "50", "--hnet-hidden", "65,70"], "hyperfan_shrunk_mean", "relu", "constant"),  # defaults
     (["--chunk-size", "50", "--hnet-init", "xavier"], "xavier", "relu", "constant"),  # a named field stays
     (["--chunk-size", "50", "--lr-schedule", "cosine"], "hyperfan_shrunk_mean", "relu", "cosine"),
+    (["--chunk-size", "50", "--hnet-init", "xavier", "--hnet-activation", "elu"], "xavier", "elu", "constant"),
 ])
 def test_a_reshaped_preset_takes_the_default_init_and_activation(flags, init, activation, schedule):
     """The split_mnist preset's Glorot + ELU and cosine lr fit its 12 large chunks; a small-chunk shape gets the
@@ -41,7 +42,8 @@ def test_a_reshaped_preset_takes_the_default_init_and_activation(flags, init, ac
     assert proc.returncode == 0, proc.stderr
     config = json.loads(proc.stdout)["config"]
     assert (config["hnet_init"], config["hnet_activation"], config["lr_schedule"]) == (init, activation, schedule)
-    assert ("another hypernetwork shape" in proc.stderr) == (init != "xavier" or activation != "elu")
+    assert ("another hypernetwork shape" in proc.stderr) == ((init, activation, schedule) != ("xavier", "elu", "cosine"))
+    assert ("lr_schedule constant" in proc.stderr) == (schedule == "constant")
 
 
 def test_dry_run_without_hidden_layers():

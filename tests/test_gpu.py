@@ -29,3 +29,19 @@ def test_trainer_on_gpu_learns():
     cfg = TrainConfig(benchmark="split_digits", num_tasks=5, iters=200, batch_size=64)
     result = train(cfg, runtime=Runtime(device="cuda"))
     assert result["acc_after_mean"] > 90
+
+
+def test_cosine_lr_reaches_the_captured_graph():
+    """The graph reads lr from the tensor it captured: the schedule must refill that tensor in place
+    (were it replaced by a float, replays would keep the first lr)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+    seen = []  # (optimizer, its lr object) at every eager or captured step, not at replays
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append((opt, opt.param_groups[0]["lr"])))
+    cfg = TrainConfig(benchmark="split_digits", num_tasks=2, iters=60, batch_size=32, lr_schedule="cosine")
+    try:
+        train(cfg, runtime=Runtime(device="cuda", cuda_graph=True))
+    finally:
+        hook.remove()
+    optimizer, captured_lr = seen[-1]
+    final_lr = optimizer.param_groups[0]["lr"]
+    assert torch.is_tensor(final_lr) and final_lr is captured_lr and final_lr.item() < 0.01 * cfg.lr
