@@ -12,7 +12,7 @@ from hnet.counts import count_weights
 from hnet.data import load_benchmark
 from hnet.evaluation import evaluate, global_labels, infer_task
 from hnet.models import MLP, build_models, target_forward
-from hnet.trainer import train
+from hnet.trainer import Callback, train
 
 
 @pytest.mark.parametrize("method, scenario, heads, weights", [
@@ -177,9 +177,7 @@ def test_every_method_and_scenario_trains_and_resumes(tmp_path, method, scenario
     class Stop(Exception):
         pass
 
-    class StopAfterTask1:
-        def on_task_start(self, task, cfg): ...
-        def on_iteration(self, *args): ...
+    class StopAfterTask1(Callback):
         def on_task_end(self, task, summary, checkpoint):
             if task == 1:
                 raise Stop
