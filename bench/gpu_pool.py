@@ -86,8 +86,9 @@ def main() -> int:
     runtime = spec.runtime.replace(data_root=args.data_root, device=args.device,
                                    **{"threads": max(1, cores // args.workers), **runtime}).to_dict()
     configs = spec_configs(spec)
-    done_before = {json.dumps(TrainConfig.from_dict(json.loads(line)["config"]).to_dict(), sort_keys=True)  # fields a
-                   for line in open(args.out) if line.strip()} if os.path.exists(args.out) else set()  # line predates: defaults
+    # from_dict: fields a line predates take their defaults, so it matches the config it trained
+    done_before = {json.dumps(TrainConfig.from_dict(json.loads(line)["config"]).to_dict(), sort_keys=True)
+                   for line in open(args.out) if line.strip()} if os.path.exists(args.out) else set()
     configs = [c for c in configs if json.dumps(c.to_dict(), sort_keys=True) not in done_before]  # a part run before
     print(f"{spec.name}: {len(configs)} trials to run ({len(done_before)} already in {args.out}), "
           f"{args.workers} at a time", flush=True)

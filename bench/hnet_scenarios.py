@@ -100,7 +100,7 @@ def unseeded(config: dict) -> str:
 
 
 def variant(preset_name: str, overrides: dict) -> tuple[str, str]:
-    """What a line of ``--out`` trained, but for its seed: the preset and its overrides."""
+    """How a line of ``--out`` was asked for: the preset's name and the overrides (``unseeded``: what it trained)."""
     return preset_name, json.dumps(overrides, sort_keys=True)
 
 
@@ -126,9 +126,10 @@ def main() -> None:
     out = Path(args.out)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     done = {(unseeded(line["config"]), line["seed"]) for line in lines}  # by what was trained, not by its name
+    asked = unseeded(base.to_dict())
     bench = None
     for seed in args.seeds:
-        if (unseeded(base.to_dict()), seed) in done:
+        if (asked, seed) in done:
             print(f"seed {seed}: already in {out}")
             continue
         cfg = base.replace(seed=seed).validate()

@@ -25,8 +25,8 @@ from hnet.trainer import Callback, train
 class LastTaskTrace(Callback):
     """Scores every task learned so far each ``every`` iterations of the last task."""
 
-    def __init__(self, cfg, every: int) -> None:
-        self.cfg, self.every, self.points = cfg, every, []
+    def __init__(self, cfg, every: int, eval_batch_size: int) -> None:
+        self.cfg, self.every, self.eval_batch_size, self.points = cfg, every, eval_batch_size, []
 
     def on_models(self, target, hnet, bench) -> None:
         self.target, self.hnet, self.bench = target, hnet, bench
@@ -38,7 +38,7 @@ class LastTaskTrace(Callback):
             weights = self.hnet(self.hnet.embeddings(range(task + 1)))
         point = {"iteration": iteration + 1}
         for part in ("test", "val") if self.cfg.val_fraction > 0 else ("test",):
-            accs = evaluate(self.cfg, self.target, weights, self.bench, task + 1, part, 10_000)[0]
+            accs = evaluate(self.cfg, self.target, weights, self.bench, task + 1, part, self.eval_batch_size)[0]
             point[part] = accs[-1]
             point[f"{part}_mean"] = sum(accs) / len(accs)
         self.points.append(point)
@@ -85,7 +85,7 @@ def main() -> None:
         cfg = preset(args.preset, changed=list(overrides)).replace(**overrides, seed=seed).validate()
         if args.every > cfg.iters:
             ap.error(f"--every {args.every} is more than the {cfg.iters} iterations of a task")
-        trace = LastTaskTrace(cfg, args.every)
+        trace = LastTaskTrace(cfg, args.every, runtime.eval_batch_size)
         result = train(cfg, callbacks=[ProgressBar(), trace], runtime=runtime)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a") as f:
