@@ -1,8 +1,8 @@
 """Baselines that train the target network's own weights: fine-tuning, online EWC and SI.
 
-``TargetWeights`` gives the target's flat weight vector the hypernetwork's interface (``theta``,
-``task_embs``, a call that returns one weight row per task), so the same trainer step, data
-and callbacks train either. ``WeightPenalty`` is the quadratic penalty both methods add to the
+The weights they train are ``hnet.models.TargetWeights`` (the target's flat weight vector with
+the hypernetwork's interface), so the same trainer step, data and callbacks train either.
+``WeightPenalty`` is the quadratic penalty both methods add to the
 task loss, Σ_i Ω_i (θ_i − θ*_i)², with θ* the weights after the previous task:
 
 * online EWC (Schwarz et al. 2018): Ω = λ/2 · F̃, F̃ ← γ F̃ + F_t after each task, F_t the
@@ -13,38 +13,14 @@ task loss, Σ_i Ω_i (θ_i − θ*_i)², with θ* the weights after the previous
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
+from .evaluation import target_logits
 
 FISHER_SAMPLES = 1000  # training inputs of a task (drawn at random) over which EWC's Fisher is averaged
-
-
-class TargetWeights(nn.Module):
-    """The target's own weights (flat, ``named_parameters`` order), PyTorch's default init."""
-
-    def __init__(self, target: nn.Module, num_tasks: int) -> None:
-        super().__init__()
-        pieces = []
-        for name, p in target.named_parameters():  # nn.Linear's default: U(±1/sqrt(fan_in)) for weight and bias
-            fan_in = p.shape[1] if p.dim() == 2 else pieces[-1].shape[1]
-            pieces.append(torch.empty(p.shape).uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)))
-        self.weights = nn.Parameter(torch.cat([piece.reshape(-1) for piece in pieces]))
-        self.task_embs = nn.ParameterList(nn.Parameter(torch.zeros(0)) for _ in range(num_tasks))  # none to learn
-        self.chunk_scale, self.num_chunks = None, 0
-
-    def forward(self, task_embs: torch.Tensor, padded: bool = False) -> torch.Tensor:
-        return self.weights.expand(len(task_embs), -1)  # every task uses the same weights
-
-    def theta(self) -> dict[str, nn.Parameter]:
-        return {"weights": self.weights}
-
-    def embeddings(self, tasks) -> torch.Tensor:
-        return torch.zeros(len(tasks), 0, device=self.weights.device)
 
 
 class WeightPenalty:
@@ -108,8 +84,6 @@ def diagonal_fisher(log_probs_of, weights: torch.Tensor, inputs: torch.Tensor, b
 
 def task_log_probs(cfg: TrainConfig, target, task: int):
     """log p(· | x) of one input as the baseline trains task ``task`` (its head, or the seen classes)."""
-    from .evaluation import target_logits
-
     def log_probs_of(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(target_logits(cfg, target, weights, x[None], task, task + 1)[0], dim=-1)
     return log_probs_of

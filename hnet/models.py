@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baselines import TargetWeights
 from .config import TrainConfig
 
 _ACTIVATIONS = {
@@ -266,6 +265,31 @@ class ChunkedHypernetwork(nn.Module):
 
     def embeddings(self, tasks: range | list[int]) -> torch.Tensor:
         return torch.stack([self.task_embs[t] for t in tasks])
+
+
+class TargetWeights(nn.Module):
+    """What the baselines (hnet/baselines.py) learn: the target's own weights (flat, ``named_parameters``
+    order, PyTorch's default init) behind the hypernetwork's interface (``theta``, ``task_embs``, a
+    call that returns one weight row per task), so the same trainer step trains either."""
+
+    def __init__(self, target: nn.Module, num_tasks: int) -> None:
+        super().__init__()
+        pieces = []
+        for name, p in target.named_parameters():  # nn.Linear's default: U(±1/sqrt(fan_in)) for weight and bias
+            fan_in = p.shape[1] if p.dim() == 2 else pieces[-1].shape[1]
+            pieces.append(torch.empty(p.shape).uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)))
+        self.weights = nn.Parameter(torch.cat([piece.reshape(-1) for piece in pieces]))
+        self.task_embs = nn.ParameterList(nn.Parameter(torch.zeros(0)) for _ in range(num_tasks))  # none to learn
+        self.chunk_scale, self.num_chunks = None, 0
+
+    def forward(self, task_embs: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        return self.weights.expand(len(task_embs), -1)  # every task uses the same weights
+
+    def theta(self) -> dict[str, nn.Parameter]:
+        return {"weights": self.weights}
+
+    def embeddings(self, tasks) -> torch.Tensor:
+        return torch.zeros(len(tasks), 0, device=self.weights.device)
 
 
 def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[MLP, "ChunkedHypernetwork | TargetWeights"]:
