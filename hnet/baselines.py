@@ -2,8 +2,8 @@
 
 The weights they train are ``hnet.models.TargetWeights`` (the target's flat weight vector with
 the hypernetwork's interface), so the same trainer step, data and callbacks train either.
-``WeightPenalty`` is the quadratic penalty both methods add to the
-task loss, Σ_i Ω_i (θ_i − θ*_i)², with θ* the weights after the previous task:
+``WeightPenalty`` is the quadratic penalty both methods add to the task loss,
+Σ_i Ω_i (θ_i − θ*_i)², with θ* the weights after the previous task:
 
 * online EWC (Schwarz et al. 2018): Ω = λ/2 · F̃, F̃ ← γ F̃ + F_t after each task, F_t the
   diagonal Fisher information of task t (expected over the model's own predicted labels, as in

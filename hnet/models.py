@@ -2,7 +2,8 @@
 
 The split follows hypnettorch: a target network is an ordinary ``nn.Module``; its weights
 come from outside as one flat vector (``target_forward``). The hypernetwork only knows how
-many weights to produce, so other targets (ResNet-32, ZenkeNet) plug in unchanged.
+many weights to produce, so other targets (ResNet-32, ZenkeNet) plug in unchanged. The
+baselines (fine-tuning, EWC, SI) learn the target's weights directly: ``TargetWeights``.
 """
 from __future__ import annotations
 
