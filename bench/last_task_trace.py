@@ -81,10 +81,11 @@ def main() -> None:
     if args.every < 1:
         ap.error("--every must be >= 1")
     runtime = Runtime(data_root=args.data_root, threads=args.threads).replace(**run).validate()
+    base = preset(args.preset, changed=list(overrides)).replace(**overrides).validate()
+    if args.every > base.iters:
+        ap.error(f"--every {args.every} is more than the {base.iters} iterations of a task")
     for seed in args.seeds:
-        cfg = preset(args.preset, changed=list(overrides)).replace(**overrides, seed=seed).validate()
-        if args.every > cfg.iters:
-            ap.error(f"--every {args.every} is more than the {cfg.iters} iterations of a task")
+        cfg = base.replace(seed=seed)
         trace = LastTaskTrace(cfg, args.every, runtime.eval_batch_size)
         result = train(cfg, callbacks=[ProgressBar(), trace], runtime=runtime)
         out.parent.mkdir(parents=True, exist_ok=True)
