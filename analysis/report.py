@@ -63,14 +63,14 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     With ``results_files`` (JSON lines of trainer results) the trials come from those files, merged,
     instead of MLflow, and nothing is logged.
     """
-    from mlflow.tracking import MlflowClient
+    from sweeps.store import open_store
 
     if results_files:
         frame, log_to_mlflow = load_results_files(results_files), False
         source, experiment_id = ", ".join(portable(str(f)) for f in results_files), None
     else:
         frame, source = load_trials(experiment, tracking_uri), portable(tracking_uri)
-        experiment_id = MlflowClient(tracking_uri).get_experiment_by_name(experiment).experiment_id
+        experiment_id = open_store(tracking_uri).get_experiment_by_name(experiment).experiment_id
     if frame.empty:
         raise ValueError(f"experiment {experiment!r} at {source} holds no trial runs")
     unknown = sorted(set(trials or []) - set(frame["trial_id"]))
@@ -81,7 +81,7 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
         trials = [completed.loc[completed["acc_after_mean"].idxmax(), "trial_id"]]
     out_dir = Path(out_dir)
     figure = fig_a7(frame, out_dir, experiment=experiment, log_ratio=log_ratio)
-    client = None if results_files else MlflowClient(tracking_uri)  # results files: MLflow is not touched
+    client = None if results_files else open_store(tracking_uri)  # results files: MLflow is not touched
     heatmaps = {}
     for trial_id in trials or []:
         row = frame[frame["trial_id"] == trial_id].iloc[0]

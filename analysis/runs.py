@@ -10,14 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from hnet.config import TrainConfig
 from sweeps import record
+from sweeps.store import open_store
 
 CONFIG_FIELDS = [k for k in TrainConfig.field_names() if k != "seed"]  # identify a configuration across seeds
-
-
-def check_store(tracking_uri: str) -> None:
-    """A local SQLite store must exist (MLflow would silently create an empty one); raises ValueError."""
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        raise ValueError(f"no MLflow store at {tracking_uri}")
 
 
 def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with_matrix: bool = False) -> pd.DataFrame:
@@ -28,8 +23,8 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
     With ``with_matrix`` an ``acc_matrix`` column holds each trial's accuracy matrix
     (rows: after task i; entries: accuracy on task j <= i), rebuilt from the per-task metrics.
     """
-    check_store(tracking_uri)
-    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    client = open_store(tracking_uri, create=False)  # a missing store is an error, not a new empty one
+    found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri}")
     mlflow.set_tracking_uri(tracking_uri)
@@ -47,7 +42,6 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
         if f"metrics.{name}" in runs:
             frame[name] = runs[f"metrics.{name}"]
     if with_matrix:
-        client = MlflowClient(tracking_uri)
         frame["acc_matrix"] = [accuracy_matrix(client, run_id) for run_id in frame["run_id"]]
     return frame.sort_values("start_time").reset_index(drop=True)
 

@@ -9,8 +9,7 @@ import sys
 
 from hnet.config import UserError
 from sweeps import record
-
-from .runs import check_store
+from sweeps.store import open_store
 
 
 def check_port(host: str, port: int) -> None:
@@ -24,9 +23,7 @@ def check_port(host: str, port: int) -> None:
 
 def view_urls(tracking_uri: str, base: str, experiment: str | None) -> list[tuple[str, str]]:
     """(experiment name, URL of its trial-runs view) for ``experiment`` or every swept experiment."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+    client = open_store(tracking_uri, create=False)
     if experiment:
         found = client.get_experiment_by_name(experiment)
         if found is None:
@@ -41,14 +38,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = args.tracking_uri
     if uri.startswith(("http://", "https://")):
         raise UserError(f"{uri} is a tracking server: open it in a browser instead")
-    try:
-        check_store(uri)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
     check_port(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
+    urls = view_urls(uri, base, args.experiment)  # a missing or broken store fails here, in one line
     print(f"MLflow UI for {uri}: {base}  (Ctrl-C stops it)", flush=True)
-    for name, url in view_urls(uri, base, args.experiment):
+    for name, url in urls:
         print(f"  {name}: {url}", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     return subprocess.call(cmd)

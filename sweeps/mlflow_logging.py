@@ -28,6 +28,7 @@ from . import record
 from .record import RESULT_METRICS, SUMMARY_METRICS
 from .search import train_config_of
 from .spec import SweepSpec
+from .store import open_store
 
 
 def code_version() -> dict[str, str]:
@@ -52,7 +53,7 @@ def get_experiment_id(client: MlflowClient, name: str) -> str:
 
 def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
     """Create the sweep's parent run and the experiment's runs view; returns the run's id."""
-    client = MlflowClient(spec.tracking_uri)
+    client = open_store(spec.tracking_uri)
     experiment_id = get_experiment_id(client, spec.experiment)
     client.set_experiment_tag(experiment_id, record.VIEW_TAG, json.dumps(record.runs_view(list(spec.space))))
     client.set_experiment_tag(experiment_id, "mlflow.note.content",
@@ -71,7 +72,7 @@ def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
 
 
 def finish_parent_run(tracking_uri: str, parent_run_id: str, stats: dict[str, float]) -> None:
-    client = MlflowClient(tracking_uri)
+    client = open_store(tracking_uri)
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in stats.items()])
     client.set_terminated(parent_run_id, "FINISHED")
@@ -85,7 +86,7 @@ def remove_orphan_runs(tracking_uri: str, experiment: str, sweep_id: str, trial_
     trial and the searcher hands its configuration out again under a new id: the old run would
     stay RUNNING beside the new one, a duplicate.
     """
-    client = MlflowClient(tracking_uri)
+    client = open_store(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return 0
@@ -123,7 +124,7 @@ class MLflowTrialLogger(tune.Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = open_store(self.tracking_uri)
         return self._client
 
     def run_id(self, trial) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .spec import SpecError, SweepSpec
+from .store import ensure_store
 
 STATE_FILE = "hnet_sweep.json"  # name, sweep_id, parent_run_id, tracking_uri, finished: all read on resume
 SEARCH_STATS = "search_stats.json"  # architectures drawn / rejected by the compression filter
@@ -102,6 +103,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         console.log_to(Path(tempfile.mkstemp(prefix="hnet-sweep-", suffix=".log")[1]))
     try:
         init_ray(address, spec if resource_check else None)  # before anything is written
+        ensure_store(spec.tracking_uri)  # created, or a broken store reported, before Tune starts
         sweep_dir, state = found or create_sweep(spec)
         if console:
             console.log_to(sweep_dir / LOG_FILE)
@@ -164,12 +166,19 @@ def create_sweep(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
     """The MLflow parent run and the sweep folder with its state file."""
     from .mlflow_logging import start_parent_run
 
-    sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    Path(_storage_root(spec)).mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):  # two sweeps of one spec started in the same second get their own folders
+        sweep_id = stamp if n == 1 else f"{stamp}-{n}"
+        sweep_dir = Path(_storage_root(spec)) / sweep_id
+        try:
+            sweep_dir.mkdir()
+            break
+        except FileExistsError:
+            continue
     parent_run_id = start_parent_run(spec, sweep_id, _storage_root(spec))
     state = {"name": spec.name, "sweep_id": sweep_id, "parent_run_id": parent_run_id,
              "tracking_uri": spec.tracking_uri, "finished": False}
-    sweep_dir = Path(_storage_root(spec)) / sweep_id
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     _write_state(sweep_dir, state)
     return sweep_dir, state
 

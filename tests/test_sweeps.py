@@ -11,6 +11,7 @@ import yaml
 
 from sweeps.search import SweepSearcher
 from sweeps.spec import SpecError, parse_spec
+from sweeps.store import ensure_store
 
 TINY_BASE = {"preset": "split_digits", "num_tasks": 3, "iters": 15, "batch_size": 32}
 
@@ -45,7 +46,9 @@ def hnet(*args, cwd, timeout=600, python_flags=()):
 
 
 def runs(tmp_path, experiment="t"):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ensure_store(uri, create=False)  # as the product opens it: never migrates beside a sweep creating it
+    mlflow.set_tracking_uri(uri)
     df = mlflow.search_runs(experiment_names=[experiment])
     return df[df["tags.role"] == "sweep"], df[df["tags.role"] == "trial"]
 
