@@ -6,6 +6,7 @@ The trainer itself knows nothing of Ray: ``TuneReporter`` is just a trainer call
 """
 from __future__ import annotations
 
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,6 +71,20 @@ def _stored_checkpoints() -> list[tune.Checkpoint]:
             if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")]
 
 
+# What torch.load raises on a checkpoint file cut off at some byte (measured on every 1/300 of one:
+# EOFError when empty, "negative seek value" ValueErrors, zip RuntimeErrors); a node killed while
+# it copies a checkpoint into the trial folder leaves such a file.
+UNREADABLE = (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError)
+
+
+def read_next_task(path: Path) -> int | None:
+    """The next task a trainer checkpoint file resumes at, or None when it cannot be read."""
+    try:
+        return int(torch.load(path, weights_only=True)["next_task"])
+    except UNREADABLE:
+        return None
+
+
 def restore_latest(local_checkpoint: Path) -> int | None:
     """Copy the checkpoint with the most finished tasks to ``local_checkpoint``; its next task, or None.
 
@@ -81,11 +96,13 @@ def restore_latest(local_checkpoint: Path) -> int | None:
     for checkpoint in filter(None, candidates):
         try:
             with checkpoint.as_directory() as folder:
-                next_task = torch.load(Path(folder) / "checkpoint.pt", weights_only=True)["next_task"]
-                if best is None or next_task > best:
+                next_task = read_next_task(Path(folder) / "checkpoint.pt")
+                if next_task is None:
+                    print(f"hnet trial: skipped the unreadable checkpoint {checkpoint.path}", flush=True)
+                elif best is None or next_task > best:
                     best = next_task
                     shutil.copy(Path(folder) / "checkpoint.pt", local_checkpoint)
-        except (OSError, RuntimeError, KeyError):  # a checkpoint cut off mid-upload
+        except OSError:  # a checkpoint folder that vanished or cannot be fetched
             continue
     return best
 

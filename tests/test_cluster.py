@@ -92,7 +92,7 @@ def check_mlflow(folder: Path, name: str, env: dict) -> list:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "acc_after_mean")]
         assert sorted(steps) == list(range(NUM_TASKS)), steps
         assert run.data.tags["trial_status"] == "completed" and run.info.status == "FINISHED"
-        assert run.data.metrics["acc_after_mean"] > 80
+        assert run.data.metrics["acc_after_mean"] > 80  # 98.66..99.77 measured (studies/test_margins)
     return runs
 
 

@@ -162,12 +162,19 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
     # writes); without the backup Tune would restart all four trials from task 0.
     (state_file,) = tmp_path.glob("ray_results/*/experiment_state-*.json")
     state_file.write_text("")
+    # A node killed while it copies a checkpoint into the trial folder leaves a newer one cut off:
+    # the trial must skip it and resume from the last readable one (not fail at every retry).
+    unfinished = [d for d in tmp_path.glob("ray_results/*/trial_*") if len(list(d.glob("checkpoint_*"))) < 4]
+    cut = sorted(unfinished)[0] / "checkpoint_000099"  # a trial the resume restarts
+    cut.mkdir()
+    (cut / "checkpoint.pt").write_bytes(b"")  # created, not yet written: torch.load raises EOFError
     resumed = hnet("sweep", "run", str(path), "--resume", "--verbose", cwd=tmp_path)  # trial output here
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "restored its last complete copy" in resumed.stdout and "Restarting experiment" not in resumed.stdout
     assert "hnet sweep: resuming" in resumed.stdout
     assert "hnet trial: resuming at task" in resumed.stdout
     assert "4 trials, 4 completed" in resumed.stdout
+    assert f"skipped the unreadable checkpoint {cut}" in resumed.stdout
     parents, trials = runs(tmp_path)
     assert len(parents) == 1 and parents.status.iloc[0] == "FINISHED"
     assert len(trials) == 4 and trials["tags.trial_id"].is_unique
@@ -176,6 +183,22 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
     for run_id in trials.run_id:
         steps = [m.step for m in client.get_metric_history(run_id, "acc_after_mean")]
         assert steps == [0, 1, 2, 3]  # every task once: no gap, no duplicate
+
+
+def test_a_checkpoint_cut_off_at_any_byte_reads_as_missing(tmp_path):
+    import torch
+
+    from hnet.trainer import train
+    from sweeps.trainable import read_next_task
+
+    from hnet.config import preset
+
+    train(preset("split_digits").replace(num_tasks=2, iters=2), checkpoint=tmp_path / "c.pt")
+    whole = (tmp_path / "c.pt").read_bytes()
+    assert read_next_task(tmp_path / "c.pt") == 2 == torch.load(tmp_path / "c.pt", weights_only=True)["next_task"]
+    for n in range(0, len(whole), max(1, len(whole) // 200)):
+        (tmp_path / "cut.pt").write_bytes(whole[:n])
+        assert read_next_task(tmp_path / "cut.pt") is None, n
 
 
 def test_resume_refuses_a_cut_off_state_without_a_backup(tmp_path):

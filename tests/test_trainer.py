@@ -94,12 +94,18 @@ def test_validation_split_is_reported():
 
 
 def test_regularizer_prevents_forgetting_which_fine_tuning_suffers():
-    """The paper's central claim, on PermutedDigits: β > 0 keeps task 1, β = 0 forgets it."""
+    """The paper's central claim, on PermutedDigits: with β > 0 earlier tasks keep the accuracy they
+    were learned to, with β = 0 they lose much of it.
+
+    Thresholds from studies/test_margins (8 seeds x 4 CPU code paths: ATEN_CPU_CAPABILITY default,
+    avx2, avx512 with 1 thread, avx512 with 2): each task learned to 94.65..98.22; forgetting (mean
+    drop of tasks 1-4 since they were learned) protected -0.39..1.00, fine-tuned 20.04..39.25. One
+    task's drop alone is too noisy to test (fine-tuned task 1: 24.28..63.47).
+    """
     cfg = preset("permuted_digits")  # 5 tasks, 300 iterations each
     bench = load_benchmark(cfg)
     protected = train(cfg, bench)
     fine_tuned = train(cfg.replace(beta=0.0), bench)
-    assert protected["acc_during"][0] > 90 and fine_tuned["acc_during"][0] > 90
-    assert protected["acc_after"][0] > protected["acc_during"][0] - 3  # stays close
-    assert fine_tuned["acc_after"][0] < fine_tuned["acc_during"][0] - 25  # forgets clearly
-    assert protected["acc_after_mean"] > fine_tuned["acc_after_mean"] + 15
+    assert protected["acc_during"][0] > 90 and fine_tuned["acc_during"][0] > 90  # both learn (min 94.65)
+    assert protected["forgetting"] < 4  # max measured 1.00
+    assert fine_tuned["forgetting"] > 10  # min measured 20.04
