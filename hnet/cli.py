@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .config import BENCHMARKS, PRESETS, SHAPE_BOUND, Runtime, TrainConfig, UserError, preset, split_fields
+from .config import PRESETS, SHAPE_BOUND, Runtime, TrainConfig, UserError, preset, split_fields
 
 USAGE_ERROR = 2
 
@@ -67,8 +67,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Runtime]:
             print(f"hnet: preset {preset_name} with another hypernetwork shape, so the defaults {', '.join(swapped)} "
                   f"(the preset's fit its own shape only; --hnet-init / --hnet-activation / --lr-schedule choose)", file=sys.stderr)
     values.update(given)
-    if "num_tasks" not in values and values.get("benchmark") in BENCHMARKS:
-        values["num_tasks"] = BENCHMARKS[values["benchmark"]].default_tasks
     experiment, runtime = split_fields(values)
     return TrainConfig.from_dict(experiment).validate(), Runtime.from_dict(runtime).validate()
 

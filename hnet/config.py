@@ -111,7 +111,7 @@ class TrainConfig(Fields):
 
     # benchmark
     benchmark: str = option("split_digits", "benchmark", BENCHMARKS)
-    num_tasks: int = option(5, "number of tasks learned in sequence")
+    num_tasks: int = option(5, "number of tasks learned in sequence (default: the benchmark's, 10 permuted, 5 split)")
     scenario: str = option("cl1", "continual-learning scenario (README: heads and labels)", SCENARIOS)
     method: str = option("hnet", "what learns: the hypernetwork (cl2/cl3 by predictive entropy, HNET+ENT), or the "
                                  "target network itself, unprotected (finetune), with online EWC or with SI", METHODS)
@@ -149,6 +149,15 @@ class TrainConfig(Fields):
     iters: int = option(500, "training iterations per task")
     batch_size: int = option(128, "mini-batch size")
     seed: int = option(0, "random seed (initialisation, batches)")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Values that name no ``num_tasks`` learn their benchmark's default number of tasks (10 for
+        the permuted, 5 for the split ones), however the config is written (flags, file, spec)."""
+        benchmark = values.get("benchmark", cls.benchmark)
+        if "num_tasks" not in values and benchmark in BENCHMARKS:
+            values = {**values, "num_tasks": BENCHMARKS[benchmark].default_tasks}
+        return super().from_dict(values)
 
     @property
     def spec(self) -> BenchmarkSpec:

@@ -46,6 +46,17 @@ def test_a_reshaped_preset_takes_the_default_init_and_activation(flags, init, ac
     assert ("lr_schedule constant" in proc.stderr) == (schedule == "constant")
 
 
+@pytest.mark.parametrize("benchmark, tasks", [("permuted_mnist", 10), ("split_mnist", 5), ("permuted_digits", 5)])
+def test_a_benchmark_alone_gives_the_same_number_of_tasks_from_flags_and_from_a_spec(benchmark, tasks):
+    from sweeps.spec import parse_spec
+
+    proc = run("train", "--benchmark", benchmark, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    from_flags = json.loads(proc.stdout)["config"]["num_tasks"]
+    from_spec = parse_spec({"name": "n", "base": {"benchmark": benchmark}, "space": {"beta": [0.01]}}).base.num_tasks
+    assert from_flags == from_spec == tasks
+
+
 def test_dry_run_without_hidden_layers():
     proc = run("train", "--benchmark", "split_digits", "--hnet-hidden", "", "--chunk-size", "500", "--dry-run")
     out = json.loads(proc.stdout)
