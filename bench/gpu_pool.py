@@ -40,7 +40,7 @@ def sample_architectures(spec: SweepSpec, n: int, seed: int = 0) -> list[TrainCo
                 values[key] = [rng.choice(choice["sizes"]) for _ in range(rng.choice(choice["layers"]))]
             else:
                 values[key] = rng.choice(choice)
-        cfg = spec.base.replace(**values)
+        cfg = spec.trial_config(values)
         if spec.compression_min <= count_weights(cfg).compression_ratio <= spec.compression_max:
             out.append(cfg)
     return out
@@ -50,7 +50,7 @@ def spec_configs(spec: SweepSpec) -> list[TrainConfig]:
     """The spec's configurations (grid: all points in range; otherwise num_samples random draws), each with every seed."""
     if spec.algorithm == "grid":
         keys = list(spec.space)
-        configs = [spec.base.replace(**dict(zip(keys, point))) for point in itertools.product(*spec.space.values())]
+        configs = [spec.trial_config(dict(zip(keys, point))) for point in itertools.product(*spec.space.values())]
         configs = [c for c in configs if spec.compression_min <= count_weights(c).compression_ratio <= spec.compression_max]
     else:
         configs = sample_architectures(spec, spec.num_samples, spec.search_seed)
@@ -81,7 +81,7 @@ def main() -> int:
     args = ap.parse_args()
     spec = load_spec(args.spec)
     experiment, runtime = split_fields(dict(item.split("=", 1) for item in args.set))
-    spec.base = spec.base.replace(**experiment)
+    spec.set_base(**experiment)
     cores = len(os.sched_getaffinity(0))
     runtime = spec.runtime.replace(data_root=args.data_root, device=args.device,
                                    **{"threads": max(1, cores // args.workers), **runtime}).to_dict()

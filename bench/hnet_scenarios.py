@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from hnet.config import SCENARIOS, ConfigError, Runtime, TrainConfig, preset, split_fields
+from hnet.config import SCENARIOS, ConfigError, Runtime, TrainConfig, resolve, split_fields
 from hnet.data import load_benchmark
 from hnet.evaluation import evaluate
 from hnet.models import build_models
@@ -122,7 +122,7 @@ def main() -> None:
 
     overrides, run = split_fields(dict(item.split("=", 1) for item in args.set))
     runtime = Runtime(data_root=args.data_root, device=args.device, threads=args.threads).replace(**run).validate()
-    base = preset(args.preset, changed=list(overrides)).replace(**overrides).replace(method="hnet", scenario="cl1")
+    base = resolve(args.preset, {**overrides, "method": "hnet", "scenario": "cl1"})
     out = Path(args.out)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     done = {(unseeded(line["config"]), line["seed"]) for line in lines}  # by what was trained, not by its name

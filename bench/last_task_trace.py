@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hnet.config import Runtime, preset, split_fields
+from hnet.config import Runtime, resolve, split_fields
 from hnet.evaluation import evaluate
 from hnet.progress import ProgressBar
 from hnet.trainer import Callback, train
@@ -81,7 +81,7 @@ def main() -> None:
     if args.every < 1:
         ap.error("--every must be >= 1")
     runtime = Runtime(data_root=args.data_root, threads=args.threads).replace(**run).validate()
-    base = preset(args.preset, changed=list(overrides)).replace(**overrides).validate()
+    base = resolve(args.preset, overrides).validate()
     if args.every > base.iters:
         ap.error(f"--every {args.every} is more than the {base.iters} iterations of a task")
     for seed in args.seeds:

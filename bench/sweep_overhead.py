@@ -70,7 +70,7 @@ def main() -> None:
     if args.fig_a7:
         with tempfile.TemporaryDirectory() as tmp:
             spec = load_spec(resolve_spec_path("fig_a7_splitmnist"), {"num_samples": args.fig_a7_trials})
-            spec.base = spec.base.replace(iters=args.fig_a7_iters)
+            spec.set_base(iters=args.fig_a7_iters)
             spec.runtime = spec.runtime.replace(data_root=str(Path(args.fig_a7).resolve()), threads=1)
             spec.tracking_uri, spec.storage_path = f"sqlite:///{tmp}/mlflow.db", f"{tmp}/ray_results"
             started = time.perf_counter()

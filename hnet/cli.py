@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .config import PRESETS, SHAPE_BOUND, Runtime, TrainConfig, UserError, preset, split_fields
+from .config import PRESETS, SHAPE_BOUND, Runtime, TrainConfig, UserError, resolve, split_fields
 
 USAGE_ERROR = 2
 
@@ -47,7 +47,6 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Runtime]:
     """Defaults < preset < config file < explicit flags; validated."""
-    values: dict[str, Any] = {}
     file_values: dict[str, Any] = {}
     if args.config:
         try:
@@ -59,16 +58,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Runtime]:
     preset_name = args.preset or file_values.pop("preset", None)
     fields = TrainConfig.field_names() + Runtime.field_names()
     given = {**file_values, **{name: getattr(args, name) for name in fields if getattr(args, name) is not None}}
+    experiment, runtime = split_fields(given)
+    cfg = resolve(preset_name, experiment)
     if preset_name:
-        values.update(preset(preset_name, changed=list(given)).to_dict())
         own = PRESETS[preset_name]
-        swapped = [f"{key} {values[key]}" for key in SHAPE_BOUND if own.get(key, values[key]) != values[key]]
+        swapped = [f"{key} {getattr(cfg, key)}" for key in SHAPE_BOUND if own.get(key, getattr(cfg, key)) != getattr(cfg, key)]
         if swapped:
             print(f"hnet: preset {preset_name} with another hypernetwork shape, so the defaults {', '.join(swapped)} "
                   f"(the preset's fit its own shape only; --hnet-init / --hnet-activation / --lr-schedule choose)", file=sys.stderr)
-    values.update(given)
-    experiment, runtime = split_fields(values)
-    return TrainConfig.from_dict(experiment).validate(), Runtime.from_dict(runtime).validate()
+    return cfg.validate(), Runtime.from_dict(runtime).validate()
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -36,7 +36,7 @@ def _load(args: argparse.Namespace) -> SweepSpec:
     if getattr(args, "data_root", None):
         spec.runtime = spec.runtime.replace(data_root=args.data_root)
     if getattr(args, "iters", None):
-        spec.base = spec.base.replace(iters=args.iters)
+        spec.set_base(iters=args.iters)
     if getattr(args, "max_concurrent", None):
         if args.max_concurrent < 1:
             raise SpecError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")

@@ -77,7 +77,7 @@ def to_train_config(spec: SweepSpec, params: dict[str, Any], seed: int = 0) -> T
     if "hnet_layers" in params:
         values["hnet_hidden"] = [params[f"hnet_layer{i + 1}"] for i in range(params["hnet_layers"])]
     try:
-        cfg = spec.base.replace(**values, seed=spec.base.seed + seed)
+        cfg = spec.trial_config(values).replace(seed=spec.base.seed + seed)
         if spec.space.get("chunk_size") == "fit":
             size = fit_chunk_size(cfg, spec.compression_max)
             if size is None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from hnet.config import ConfigError, Runtime, TrainConfig, UserError, coerce, preset
+from hnet.config import ConfigError, Runtime, TrainConfig, UserError, coerce, resolve
 from hnet.counts import count_weights
 
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
@@ -65,6 +65,18 @@ class SweepSpec:
     tracking_uri: str = at("mlflow.tracking_uri", "sqlite:///mlflow.db")
     storage_path: str = at("storage_path", "ray_results")
     source: str = ""  # the YAML file it came from
+    preset: str | None = None  # base: the preset it names ...
+    overrides: dict[str, Any] = field(default_factory=dict)  # ... and the fields it sets on top
+
+    def trial_config(self, values: dict[str, Any]) -> TrainConfig:
+        """A trial's config: the base's preset and fields with the trial's ``values`` on top, assembled
+        by ``hnet.config.resolve`` as `hnet train` would (not validated)."""
+        return resolve(self.preset, {**self.overrides, **values}, varied=list(self.space))
+
+    def set_base(self, **changes: Any) -> None:
+        """Change base fields (command-line overrides): the base and every trial see them."""
+        self.overrides.update(changes)
+        self.base = self.trial_config({}).validate()
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
@@ -80,7 +92,7 @@ class SweepSpec:
     def to_flat_params(self) -> dict[str, str]:
         """Sweep-level MLflow params of the parent run (the runtime is not a param)."""
         out = {f"sweep.{f.name}": str(getattr(self, f.name)) for f in fields(self)
-               if f.name not in ("base", "space", "runtime")}
+               if f.name not in ("base", "space", "runtime", "preset", "overrides")}
         out.update({f"space.{k}": str(v) for k, v in self.space.items()})
         out.update({f"base.{k}": v for k, v in self.base.to_flat_params().items()})
         return out
@@ -129,8 +141,7 @@ def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
     space = dict(_mapping(raw.get("space"), "space"))
     try:
         name = base_values.pop("preset", None)
-        changed = [*base_values, *space]  # a reshaped preset: hnet.config.preset
-        base = TrainConfig.from_dict({**(preset(name, changed).to_dict() if name else {}), **base_values}).validate()
+        base = resolve(name, base_values, varied=list(space)).validate()
     except ConfigError as exc:
         raise SpecError(f"base: {exc}") from None
     try:
@@ -154,7 +165,7 @@ def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
             except ConfigError as exc:
                 raise SpecError(str(exc)) from None
     spec = SweepSpec(name=str(raw.get("name") or Path(source).stem or "sweep"), base=base,
-                     space=space, runtime=runtime, source=source, **values)
+                     space=space, runtime=runtime, source=source, preset=name, overrides=base_values, **values)
     spec.experiment = spec.experiment or spec.name
     validate(spec)
     return spec
@@ -200,7 +211,7 @@ def validate(spec: SweepSpec) -> None:
             need(len(value) > 0, f"space.{key}: empty choice list")
             for choice in value:  # every choice must make a valid config
                 try:
-                    spec.base.replace(**{key: choice}).validate()
+                    spec.trial_config({key: choice}).validate()
                 except ConfigError as exc:
                     raise SpecError(f"space.{key}: choice {choice!r}: {exc}") from None
             continue

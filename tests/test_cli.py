@@ -36,9 +36,9 @@ def test_dry_run_prints_counts_without_data(tmp_path, preset, hnet_weights, task
     (["--chunk-size", "50", "--hnet-init", "xavier", "--hnet-activation", "elu"], "xavier", "elu", "constant"),
 ])
 def test_a_reshaped_preset_takes_the_default_init_and_activation(flags, init, activation, schedule):
-    """The split_mnist preset's Glorot + ELU and cosine lr fit its 12 large chunks; a small-chunk shape gets the
-    defaults, said on stderr."""
-    proc = run("train", "--preset", "split_mnist", *flags, "--dry-run")
+    """The split_mnist_cosine preset's Glorot + ELU and cosine lr fit its 12 large chunks; a small-chunk shape
+    gets the defaults, said on stderr."""
+    proc = run("train", "--preset", "split_mnist_cosine", *flags, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     config = json.loads(proc.stdout)["config"]
     assert (config["hnet_init"], config["hnet_activation"], config["lr_schedule"]) == (init, activation, schedule)
