@@ -6,6 +6,7 @@ the newest unfinished sweep of a spec there and lets Tune finish it.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -168,14 +169,14 @@ def create_sweep(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
 
     stamp = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     Path(_storage_root(spec)).mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):  # two sweeps of one spec started in the same second get their own folders
+    for n in itertools.count(1):  # two sweeps of one spec started in the same second get their own folders
         sweep_id = stamp if n == 1 else f"{stamp}-{n}"
         sweep_dir = Path(_storage_root(spec)) / sweep_id
         try:
-            sweep_dir.mkdir()
+            sweep_dir.mkdir()  # atomic: exactly one sweep creates each folder
             break
         except FileExistsError:
-            continue
+            pass
     parent_run_id = start_parent_run(spec, sweep_id, _storage_root(spec))
     state = {"name": spec.name, "sweep_id": sweep_id, "parent_run_id": parent_run_id,
              "tracking_uri": spec.tracking_uri, "finished": False}

@@ -14,6 +14,7 @@ Tracking servers and other databases are opened as they are: the server owns its
 """
 from __future__ import annotations
 
+import functools
 import sqlite3
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
 
 
+@functools.cache
 def latest_schema() -> str:
     """The schema revision this MLflow writes (the head of its migrations)."""
     from mlflow.store.db.utils import _get_latest_schema_revision  # no public name for it in MLflow 3
@@ -51,16 +53,16 @@ def schema_state(path: Path) -> tuple[str, str]:
             tables = {name for (name,) in db.execute("select name from sqlite_master where type = 'table'")}
             version = (db.execute("select version_num from alembic_version").fetchone() or ("",))[0] \
                 if "alembic_version" in tables else ""
-            runs = db.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0
+            leftover = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+            if tables and not leftover and version == latest_schema():
+                return "current", version
+            runs = db.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0  # for the message
     except sqlite3.DatabaseError as exc:  # locked by a writer for 30 s, or not a database at all
         return "busy", str(exc)
     if not tables:
         return "new", ""
-    leftover = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
     if leftover or not version:
         return "half", (f"leftover table {leftover[0]}" if leftover else "no schema version") + f", {runs} run(s)"
-    if version == latest_schema():
-        return "current", version
     return "outdated", f"{version}, {runs} run(s)"
 
 

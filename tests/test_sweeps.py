@@ -17,7 +17,7 @@ TINY_BASE = {"preset": "split_digits", "num_tasks": 3, "iters": 15, "batch_size"
 
 
 def test_a_spec_reshaping_a_preset_gets_the_default_init_unless_it_names_one():
-    """Same rule as `hnet train --preset` (hnet.config.preset): a space over the hypernetwork's shape."""
+    """Same rule as `hnet train --preset` (hnet.config.resolve): a space over the hypernetwork's shape."""
     reshaped = parse_spec({"name": "r", "base": {"preset": "split_mnist_cosine"}, "space": {"chunk_size": [50, 100]}})
     assert (reshaped.base.hnet_init, reshaped.base.hnet_activation, reshaped.base.lr_schedule) == \
         ("hyperfan_shrunk_mean", "relu", "constant")
@@ -209,10 +209,9 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
 def test_a_checkpoint_cut_off_at_any_byte_reads_as_missing(tmp_path):
     import torch
 
+    from hnet.config import preset
     from hnet.trainer import train
     from sweeps.trainable import read_next_task
-
-    from hnet.config import preset
 
     train(preset("split_digits").replace(num_tasks=2, iters=2), checkpoint=tmp_path / "c.pt")
     whole = (tmp_path / "c.pt").read_bytes()
