@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -46,9 +47,14 @@ def code_version() -> dict[str, str]:
 
 def get_experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
-    # MLflow 3 opens experiments of this kind on their runs, not on the GenAI (traces) view
-    return experiment.experiment_id if experiment else client.create_experiment(
-        name, tags={"mlflow.experimentKind": "custom_model_development"})
+    if experiment:
+        return experiment.experiment_id
+    try:  # MLflow 3 opens experiments of this kind on their runs, not on the GenAI (traces) view
+        return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
+    except MlflowException as error:  # another sweep created it since the lookup
+        if error.error_code != "RESOURCE_ALREADY_EXISTS" or not (experiment := client.get_experiment_by_name(name)):
+            raise
+        return experiment.experiment_id
 
 
 def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:

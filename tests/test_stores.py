@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.store import ensure_store, latest_schema, schema_state
 
-TRIALS = 6  # per sweep
-TASKS = 3
+TRIALS = 3  # per sweep: with max_concurrent 2, trials of both sweeps overlap in time
+TASKS = 2
 
 
 def free_port() -> int:
@@ -28,8 +28,8 @@ def free_port() -> int:
 
 
 def write_spec(folder: Path, name: str, tracking_uri: str) -> Path:
-    spec = {"name": name, "base": {"preset": "split_digits", "num_tasks": TASKS, "iters": 15, "batch_size": 32},
-            "space": {"beta": [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]}, "search": {"algorithm": "grid", "max_concurrent": 2},
+    spec = {"name": name, "base": {"preset": "split_digits", "num_tasks": TASKS, "iters": 10, "batch_size": 32},
+            "space": {"beta": [0.01, 0.1, 0.5]}, "search": {"algorithm": "grid", "max_concurrent": 2},
             "num_samples": TRIALS, "mlflow": {"experiment": "shared", "tracking_uri": tracking_uri},
             "storage_path": str(folder / "ray_results")}
     path = folder / f"{name}.yaml"
