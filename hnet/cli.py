@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .config import PRESETS, SHAPE_BOUND, Runtime, TrainConfig, UserError, resolve, split_fields
+from .config import PRESETS, Runtime, TrainConfig, UserError, resolve, split_fields
 
 USAGE_ERROR = 2
 
@@ -60,12 +60,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Runtime]:
     given = {**file_values, **{name: getattr(args, name) for name in fields if getattr(args, name) is not None}}
     experiment, runtime = split_fields(given)
     cfg = resolve(preset_name, experiment)
-    if preset_name:
-        own = PRESETS[preset_name]
-        swapped = [f"{key} {getattr(cfg, key)}" for key in SHAPE_BOUND if own.get(key, getattr(cfg, key)) != getattr(cfg, key)]
-        if swapped:
-            print(f"hnet: preset {preset_name} with another hypernetwork shape, so the defaults {', '.join(swapped)} "
-                  f"(the preset's fit its own shape only; --hnet-init / --hnet-activation / --lr-schedule choose)", file=sys.stderr)
     return cfg.validate(), Runtime.from_dict(runtime).validate()
 
 

@@ -24,7 +24,7 @@ ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu")
 SCENARIOS = ("cl1", "cl2", "cl3")
 METHODS = ("hnet", "finetune", "ewc", "si")  # the hypernetwork, or the target network trained directly
 REG_FORMS = ("auto", "factored", "direct")
-HNET_INITS = ("hyperfan_shrunk_mean", "hyperfan_out_step", "hyperfan", "xavier")
+HNET_INITS = ("xavier_capped", "xavier")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -124,14 +124,14 @@ class TrainConfig(Fields):
                                      "head of the task inferred by entropy, as the authors' code)")
     # hypernetwork
     hnet_hidden: tuple[int, ...] = option((25, 25), "hypernetwork hidden sizes, e.g. 25,25 ('' = none)")
-    hnet_activation: str = option("relu", "hypernetwork activation (ReLU stays non-linear at hyperfan's small "
-                                          "embedding scale, docs/init.md)", ACTIVATIONS)
+    hnet_activation: str = option("relu", "hypernetwork activation", ACTIVATIONS)
     chunk_size: int = option(2000, "target weights generated per hypernetwork call (chunk)")
     task_emb_dim: int = option(24, "task embedding size")
     chunk_emb_dim: int = option(8, "chunk embedding size")
-    hnet_init: str = option("hyperfan_shrunk_mean", "hypernetwork initialisation (docs/init.md; xavier: the "
-                                                    "authors' code)", HNET_INITS)
-    hnet_emb_std: float = option(0.0, "std of task and chunk embeddings at init (0 = the init's own)")
+    hnet_init: str = option("xavier_capped", "hypernetwork initialisation: xavier_capped (Glorot, small chunks "
+                                             "started at the target's fan-in variance, faster chunk embeddings) or "
+                                             "xavier (the authors' code); docs/init.md", HNET_INITS)
+    hnet_emb_std: float = option(0.0, "std of task and chunk embeddings at init (0 = 1, the authors')")
     # output regularizer, Eq. 2
     beta: float = option(0.01, "regularizer strength β of Eq. 2 (0 = fine-tuning baseline)")
     lookahead: bool = option(True, "evaluate the regularizer at Θ+ΔΘ, the candidate step (Sec. 2.1)")
@@ -144,7 +144,7 @@ class TrainConfig(Fields):
     # optimisation
     lr: float = option(1e-3, "Adam learning rate")
     lr_schedule: str = option("constant", "learning rate within each task: constant (the paper) or cosine (from lr "
-                                          "down to 0 at the task's last iteration; docs/init.md, CL1 parity)",
+                                          "down to 0 at the task's last iteration; docs/init_history.md, CL1 parity)",
                               LR_SCHEDULES)
     iters: int = option(500, "training iterations per task")
     batch_size: int = option(128, "mini-batch size")
@@ -183,7 +183,7 @@ class TrainConfig(Fields):
         _need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
         _need(self.reg_subset >= 0, f"reg_subset must be >= 0 (0 = all earlier tasks), got {self.reg_subset}")
         _need(math.isfinite(self.hnet_emb_std) and self.hnet_emb_std >= 0,
-              f"hnet_emb_std must be >= 0 (0 = the init's own), got {self.hnet_emb_std}")
+              f"hnet_emb_std must be >= 0 (0 = 1), got {self.hnet_emb_std}")
         for name in ("ewc_lambda", "si_c", "si_xi"):
             _need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                   f"{name} must be >= 0, got {getattr(self, name)}")
@@ -288,23 +288,22 @@ def coerce(key: str, kind: str, value: Any) -> Any:
         raise ConfigError(f"{key} must be of type {kind}, got {value!r}") from None
 
 
-# The paper's two MNIST classifier configurations (Appendix C, HNET CL1). Presets keep the
-# authors' Glorot init: with their few large chunks it beats hyperfan (docs/init.md).
+# The paper's two MNIST classifier configurations (Appendix C, HNET CL1). At their few large chunks the
+# default init is the authors' Glorot, bit for bit (docs/init.md).
 PRESETS: dict[str, dict[str, Any]] = {
     # 784-400-400-2 target, hnet [10,10], chunk 42,000, embeddings 96/96 -> 465,192 weights.
     "split_mnist": dict(
         benchmark="split_mnist", num_tasks=5, target_hidden=(400, 400), multi_head=False,
         hnet_hidden=(10, 10), hnet_activation="elu", chunk_size=42000, task_emb_dim=96,
-        chunk_emb_dim=96, beta=0.01, lr=1e-3, iters=2000, batch_size=128, lookahead=True, hnet_init="xavier",
-        lr_schedule="constant"),
+        chunk_emb_dim=96, beta=0.01, lr=1e-3, iters=2000, batch_size=128, lookahead=True, lr_schedule="constant"),
     # 1024-1000-1000-10 target, hnet [25,25], chunk 78,000, embeddings 24/8 -> 2,029,691 weights.
     "permuted_mnist": dict(
         benchmark="permuted_mnist", num_tasks=10, target_hidden=(1000, 1000), multi_head=False,
         hnet_hidden=(25, 25), hnet_activation="elu", chunk_size=78000, task_emb_dim=24,
-        chunk_emb_dim=8, beta=0.01, lr=1e-4, iters=5000, batch_size=128, lookahead=True, hnet_init="xavier"),
+        chunk_emb_dim=8, beta=0.01, lr=1e-4, iters=5000, batch_size=128, lookahead=True),
 }
 # The project's improvement: cosine lr within each task (CL1 99.76 ± 0.05 over 20 seeds vs 99.68 ± 0.08
-# constant; docs/scenarios.md). Small-chunk hypernetworks forget more with it (docs/init.md).
+# constant; docs/scenarios.md). Small-chunk hypernetworks forget more with it (docs/init_history.md).
 PRESETS["split_mnist_cosine"] = {**PRESETS["split_mnist"], "lr_schedule": "cosine"}
 # The authors' published code differs from the paper's text in two places.
 PRESETS["split_mnist_authors"] = {**PRESETS["split_mnist"], "hnet_activation": "relu"}
@@ -312,20 +311,10 @@ PRESETS["permuted_mnist_authors"] = {**PRESETS["permuted_mnist"], "beta": 0.1}
 # Tiny offline configurations (seconds on a laptop CPU).
 PRESETS["split_digits"] = dict(
     benchmark="split_digits", num_tasks=5, target_hidden=(100, 100), hnet_hidden=(25, 25),
-    chunk_size=2000, task_emb_dim=24, chunk_emb_dim=8, beta=0.05, lr=1e-3, iters=300, batch_size=64, hnet_init="xavier",
-    hnet_activation="elu")
+    chunk_size=2000, task_emb_dim=24, chunk_emb_dim=8, beta=0.05, lr=1e-3, iters=300, batch_size=64, hnet_activation="elu")
 PRESETS["permuted_digits"] = dict(
     benchmark="permuted_digits", num_tasks=5, target_hidden=(100, 100), hnet_hidden=(25, 25),
-    chunk_size=2000, task_emb_dim=24, chunk_emb_dim=8, beta=0.05, lr=1e-3, iters=300, batch_size=64, hnet_init="xavier",
-    hnet_activation="elu")
-
-
-# The fields that shape a hypernetwork. A preset's init and activation are the authors' choices
-# for its own hypernetwork (Glorot + ELU: few large chunks); on the small-chunk architectures of
-# the Fig. A7 grid they leave every chunk-50 architecture at chance (docs/init.md). The cosine lr
-# of split_mnist was chosen for its own hypernetwork too: small-chunk ones forget more with it.
-HNET_SHAPE = ("hnet_hidden", "chunk_size", "chunk_emb_dim", "task_emb_dim")
-SHAPE_BOUND = ("hnet_init", "hnet_activation", "lr_schedule")  # a preset's choices for its own shape only
+    chunk_size=2000, task_emb_dim=24, chunk_emb_dim=8, beta=0.05, lr=1e-3, iters=300, batch_size=64, hnet_activation="elu")
 
 
 # Baseline settings tuned per scenario on a 10 % validation split (seed 0; docs/scenarios.md), by
@@ -337,25 +326,16 @@ TUNED: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
     "split_mnist": _SPLIT_MNIST_TUNED, "split_mnist_authors": _SPLIT_MNIST_TUNED}  # both: the constant lr tuned with
 
 
-def resolve(name: str | None, overrides: Mapping[str, Any] | None = None, varied: Sequence[str] = ()) -> TrainConfig:
+def resolve(name: str | None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """The one way a config is assembled, by the CLI, config files, sweep specs and scripts alike:
     preset ``name`` (or the field defaults), the preset's tuned settings for the method and
-    scenario, then ``overrides`` (field values). ``varied``: fields a sweep sets per trial.
-
-    When ``overrides`` or ``varied`` reshape the hypernetwork, ``hnet_init``, ``hnet_activation``
-    and ``lr_schedule`` (each unless set too) take their defaults instead of the preset's: those
-    were chosen for the preset's own shape. Not validated (``.validate()``)."""
+    scenario, then ``overrides`` (field values). Not validated (``.validate()``)."""
     overrides = dict(overrides or {})
     if name is None:
         return TrainConfig.from_dict(overrides)
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
     values = dict(PRESETS[name])
-    changed = set(overrides) | set(varied)
-    if changed & set(HNET_SHAPE):
-        for key in SHAPE_BOUND:
-            if key not in changed:
-                values.pop(key, None)
     method = overrides.get("method", values.get("method", TrainConfig.method))
     scenario = overrides.get("scenario", values.get("scenario", TrainConfig.scenario))
     values.update(TUNED.get(name, {}).get((method, scenario), {}))

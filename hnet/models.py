@@ -79,13 +79,6 @@ def dead_unit_fraction(target: MLP, hnet: "ChunkedHypernetwork", embedding: torc
     return (pre <= 0).all(0).float().mean().item()
 
 
-def shared_chunk_share(weights: torch.Tensor, chunk_size: int) -> float:
-    """How alike the whole chunks of a flat weight vector are: the energy of the mean chunk over
-    the mean energy of a chunk (0 for independent weights, 1 for identical chunks)."""
-    chunks = weights[:weights.numel() // chunk_size * chunk_size].view(-1, chunk_size)
-    return (chunks.mean(0).square().sum() / chunks.square().mean(0).sum()).item()
-
-
 def flat_weights(target: nn.Module) -> torch.Tensor:
     """The module's own parameters as one flat vector (inverse of ``target_forward``)."""
     return torch.cat([p.detach().reshape(-1) for p in target.parameters()])
@@ -138,106 +131,67 @@ class ChunkedHypernetwork(nn.Module):
     to ``num_outputs``. All chunks of all given task embeddings are one batched call.
     Task embeddings (one per task) and chunk embeddings (shared) are learned.
 
-    Initialisation (docs/init.md):
-    * ``xavier`` (the authors' code): Glorot-uniform weights, zero biases, embeddings N(0, emb_std²)
-      with emb_std 1 by default.
-    * ``hyperfan`` (chunked hyperfan-in, after Chang et al. 2020; ``init_hyperfan``): the
-      generated weights get ``target_variances``, the variances a fan-in initialisation of
-      the target would give them; embeddings N(0, emb_std²) with emb_std by default the
-      target's mean weight scale, sqrt(mean(target_variances)).
-    * ``hyperfan_shrunk_mean`` (the default): the same, with the chunks' common mode shrunk to
-      sqrt(chunk_size / target_fan_in), target_fan_in the target's widest layer input (``init_hyperfan``).
-    * ``hyperfan_out_step``: the same function at init, with the target's scale moved from the
-      fixed chunk gains into the output layer, so that Adam trains it (``scale_output_step``).
+    Initialisation (docs/init.md): Glorot-uniform weights, zero biases, embeddings N(0, emb_std²) with
+    emb_std 1 by default, as the authors' code (``xavier``). Glorot's output variance 2 / (width +
+    chunk_size) grows as chunks shrink, so the default ``xavier_capped`` scales every chunk whose
+    generated weights would start above the target's fan-in variances down to them by a fixed gain
+    (``cap_chunk_scale``). For chunks smaller than the target's widest fan-in it also shrinks the
+    pattern all chunks share (``shrink_common_mode``) and lets Adam move the chunk embeddings
+    fan_in / chunk_size times faster (``chunk_emb_scale``): with many small chunks they are the
+    chunk-specific capacity, and at unit scale and lr 1e-4 they barely move (docs/init.md). At the
+    presets' few large chunks it is ``xavier``, bit for bit.
     """
 
     def __init__(self, num_outputs: int, num_tasks: int, chunk_size: int, hidden: tuple[int, ...],
                  activation: str, task_emb_dim: int, chunk_emb_dim: int, init: str = "xavier",
-                 emb_std: float = 0.0, target_variances: torch.Tensor | None = None,
-                 target_fan_in: int = 0) -> None:
+                 emb_std: float = 0.0, target_variances: torch.Tensor | None = None, target_fan_in: int = 1) -> None:
         super().__init__()
         self.num_outputs, self.chunk_size, self.activation = num_outputs, chunk_size, activation
         self.num_chunks = math.ceil(num_outputs / chunk_size)
-        self.register_buffer("chunk_scale", None)  # hyperfan: fixed per-chunk output gain (see init_hyperfan)
-        emb_std = emb_std or (1.0 if init == "xavier" else math.sqrt(target_variances.mean().item()))
+        self.register_buffer("chunk_scale", None)  # fixed per-chunk output gain (cap_chunk_scale), or none
+        emb_std = emb_std or 1.0
         self.task_embs = nn.ParameterList(
             nn.Parameter(emb_std * torch.randn(task_emb_dim)) for _ in range(num_tasks))
-        self.chunk_embs = nn.Parameter(emb_std * torch.randn(self.num_chunks, chunk_emb_dim))
+        # xavier_capped stores the chunk embeddings at 1/chunk_emb_scale of the size the network sees them
+        # at, so that Adam (steps of about lr whatever a parameter's size) moves them that much faster.
+        self.chunk_emb_scale = max(1.0, target_fan_in / chunk_size) if init == "xavier_capped" else 1.0
+        self.chunk_embs = nn.Parameter(emb_std / self.chunk_emb_scale * torch.randn(self.num_chunks, chunk_emb_dim))
         dims = [task_emb_dim + chunk_emb_dim, *hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.out = nn.Linear(dims[-1], chunk_size)
-        if init.startswith("hyperfan"):
-            # A first-layer row of target_fan_in weights holds target_fan_in / chunk_size repeats of the
-            # chunks' common mode: kept at sqrt(chunk_size / target_fan_in), their coherent sum has the
-            # variance of a sum of independent repeats (docs/init.md, "The default: hyperfan_shrunk_mean").
-            share = min(1.0, math.sqrt(chunk_size / max(target_fan_in, 1)))
-            self.init_hyperfan(emb_std, target_variances, chunk_mean_kept=1.0 if init == "hyperfan" else share)
-            if init == "hyperfan_out_step":
-                self.scale_output_step(share, emb_std)
-            return
-        # Glorot-uniform, zero biases, unit-normal embeddings (the authors' code): the output
-        # layer's huge fan-out keeps generated target weights small at the start.
         for layer in [*self.layers, self.out]:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if init == "xavier_capped":
+            self.shrink_common_mode(min(1.0, math.sqrt(chunk_size / target_fan_in)))
+            self.cap_chunk_scale(target_variances)
 
     @torch.no_grad()
-    def init_hyperfan(self, emb_std: float, target_variances: torch.Tensor, chunk_mean_kept: float = 1.0) -> None:
-        """Chunked hyperfan-in (docs/init.md): generated weights get the target's fan-in variances.
-
-        The hypernetwork itself is an ordinary fan-in network of unit output variance:
-        hidden layers with the gain that keeps the second moment of every unit at emb_std²
-        (the inputs' own), zero biases; the linear output layer (gain 1) with variance
-        1 / (width · emb_std²). A fixed (not learned) gain per chunk k, sqrt(v_k / m_k), then
-        brings chunk k to v_k, the mean target variance of the parameters it generates; m_k is
-        the second moment chunk k actually has for the initial embeddings (narrow hidden layers
-        make it fluctuate from chunk to chunk). Because the target's small scale sits in that
-        fixed gain, one Adam step on the shared output layer moves every generated weight by
-        about lr · sqrt(v_k), not lr: with all chunks sharing the output layer, steps of size lr
-        shift all target weights of a layer coherently and kill its ReLUs within a few steps.
-
-        ``chunk_mean_kept`` < 1 shrinks the output layer's mean over its chunk_size outputs to that
-        share. Plain hyperfan feeds every chunk the same task embedding, which holds most of the
-        input variance, so most of a chunk's generated weights are a pattern shared by all chunks.
-        Its common mode (its sum) adds up coherently over the ~fan_in / chunk_size repeats in a
-        first-layer row on non-negative inputs, and at chunk size 10 can start every unit dead;
-        shrunk, the pattern (and the task embedding's leverage) stays, the coherent sum does not.
-        """
-        second_moment = emb_std**2
-        gain = activation_gain(self.activation, second_moment)  # every hidden layer keeps emb_std²
-        for layer in self.layers:
-            nn.init.normal_(layer.weight, std=gain / math.sqrt(layer.in_features))
-            nn.init.zeros_(layer.bias)
-        nn.init.normal_(self.out.weight, std=1 / math.sqrt(self.out.in_features * second_moment))
-        nn.init.zeros_(self.out.bias)
-        if chunk_mean_kept != 1.0:
-            self.out.weight.sub_((1 - chunk_mean_kept) * self.out.weight.mean(0, keepdim=True))
-
-        def per_chunk_mean(values: torch.Tensor) -> torch.Tensor:  # (..., num_outputs) -> (num_chunks,)
-            padded = torch.full((*values.shape[:-1], self.num_chunks * self.chunk_size), math.nan)
-            padded[..., :self.num_outputs] = values
-            return padded.view(-1, self.num_chunks, self.chunk_size).transpose(0, 1).reshape(self.num_chunks, -1).nanmean(1)
-
-        generated = self(torch.stack(list(self.task_embs)))
-        moment = per_chunk_mean(generated.square())
-        # A chunk whose features are all zero (every unit of a narrow ReLU layer dead for it) would
-        # get an infinite gain: floor its moment at 1 % of the mean (gain at most 10x the typical).
-        moment = moment.clamp_min(0.01 * moment.mean())
-        self.chunk_scale = (per_chunk_mean(target_variances) / moment).sqrt()
+    def shrink_common_mode(self, kept: float) -> None:
+        """Scale the output layer's mean over its chunk_size outputs to ``kept``. That mean is a pattern
+        every chunk repeats; a first-layer row of the target (target_fan_in weights) holds about
+        target_fan_in / chunk_size repeats, which add up coherently on non-negative inputs and at chunk
+        size 10 start every unit of the row dead in half of the seeds. Kept at sqrt(chunk_size /
+        target_fan_in), their sum has the variance of a sum of independent repeats; from chunk_size =
+        target_fan_in on nothing changes."""
+        self.out.weight.sub_((1 - kept) * self.out.weight.mean(0, keepdim=True))
 
     @torch.no_grad()
-    def scale_output_step(self, step: float, emb_std: float) -> None:
-        """Move the target's scale from the fixed chunk gains into the output layer, leaving gains
-        of about ``step / emb_std``: the same function, but an Adam step on the output layer (about
-        lr per entry, whatever its size) now moves generated weights by about lr · sqrt(width) · step
-        instead of lr · sqrt(width) · emb_std · s_k (s_k ≈ 0.05, emb_std ≈ 0.04: ~500x less).
-        With chunks of thousands of weights the output layer is most of the hypernetwork; frozen
-        that way, PermutedMNIST learns little and forgets much (docs/init.md). ``step`` < 1 for chunks
-        smaller than the target's fan-in, whose output-layer steps add up coherently in a row."""
-        common = self.chunk_scale.mean() * emb_std / step
-        self.out.weight.mul_(common)
-        self.out.bias.mul_(common)
-        self.chunk_scale.div_(common)
+    def cap_chunk_scale(self, target_variances: torch.Tensor) -> None:
+        """Glorot's output variance 2 / (width + chunk_size) grows as chunks shrink; where a chunk's
+        generated weights would start above the target's fan-in variances, a fixed gain
+        sqrt(v_k / m_k) < 1 brings them down (and scales Adam's steps on the output layer by the
+        same factor). Chunks already below keep gain 1: at the presets' large chunks this is
+        the authors' init, bit for bit."""
+        moment = self._per_chunk_mean(self(torch.stack(list(self.task_embs))).square())
+        gain = (self._per_chunk_mean(target_variances) / moment).sqrt().clamp(max=1.0)
+        self.chunk_scale = None if bool((gain == 1.0).all()) else gain
+
+    def _per_chunk_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., num_outputs) -> (num_chunks,): the mean of each chunk's entries (padding left out)."""
+        padded = torch.full((*values.shape[:-1], self.num_chunks * self.chunk_size), math.nan)
+        padded[..., :self.num_outputs] = values
+        return padded.view(-1, self.num_chunks, self.chunk_size).transpose(0, 1).reshape(self.num_chunks, -1).nanmean(1)
 
     def forward(self, task_embs: torch.Tensor, features_only: bool = False, padded: bool = False) -> torch.Tensor:
         """(T, task_emb_dim) -> generated weights (T, num_outputs).
@@ -248,7 +202,7 @@ class ChunkedHypernetwork(nn.Module):
         """
         T, C = task_embs.shape[0], self.num_chunks
         h = torch.cat([task_embs[:, None, :].expand(T, C, -1),
-                       self.chunk_embs[None].expand(T, C, -1)], dim=-1)
+                       (self.chunk_emb_scale * self.chunk_embs)[None].expand(T, C, -1)], dim=-1)
         act = _ACTIVATIONS[self.activation]
         for layer in self.layers:
             h = act(layer(h))

@@ -114,7 +114,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         embedding = hnet.task_embs[task]  # earlier embeddings stay frozen: not in the optimizer
         graphed = use_cuda_graph(cfg, runtime, device)
         # cosine: the task's last iterate settles instead of being a sample of constant-lr noise
-        # (docs/init.md, CL1 parity). A captured CUDA graph reads lr from a tensor the schedule refills.
+        # (docs/init_history.md, CL1 parity). A captured CUDA graph reads lr from a tensor the schedule refills.
         cosine = cfg.lr_schedule == "cosine"
         optimizer = torch.optim.Adam([*theta.values(), embedding], capturable=graphed,
                                      lr=torch.tensor(cfg.lr, device=device) if graphed and cosine else cfg.lr)

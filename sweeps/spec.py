@@ -71,7 +71,7 @@ class SweepSpec:
     def trial_config(self, values: dict[str, Any]) -> TrainConfig:
         """A trial's config: the base's preset and fields with the trial's ``values`` on top, assembled
         by ``hnet.config.resolve`` as `hnet train` would (not validated)."""
-        return resolve(self.preset, {**self.overrides, **values}, varied=list(self.space))
+        return resolve(self.preset, {**self.overrides, **values})
 
     def set_base(self, **changes: Any) -> None:
         """Change base fields (command-line overrides): the base and every trial see them."""
@@ -141,7 +141,7 @@ def parse_spec(raw: dict[str, Any], source: str = "") -> SweepSpec:
     space = dict(_mapping(raw.get("space"), "space"))
     try:
         name = base_values.pop("preset", None)
-        base = resolve(name, base_values, varied=list(space)).validate()
+        base = resolve(name, base_values).validate()
     except ConfigError as exc:
         raise SpecError(f"base: {exc}") from None
     try:

@@ -27,25 +27,6 @@ def test_dry_run_prints_counts_without_data(tmp_path, preset, hnet_weights, task
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-@pytest.mark.parametrize("flags, init, activation, schedule", [
-    ([], "xavier", "elu", "cosine"),                                       # the preset
-    (["--lr", "3e-4"], "xavier", "elu", "cosine"),                         # not its shape: the preset's choices
-    (["--chunk-size", "50", "--hnet-hidden", "65,70"], "hyperfan_shrunk_mean", "relu", "constant"),  # defaults
-    (["--chunk-size", "50", "--hnet-init", "xavier"], "xavier", "relu", "constant"),  # a named field stays
-    (["--chunk-size", "50", "--lr-schedule", "cosine"], "hyperfan_shrunk_mean", "relu", "cosine"),
-    (["--chunk-size", "50", "--hnet-init", "xavier", "--hnet-activation", "elu"], "xavier", "elu", "constant"),
-])
-def test_a_reshaped_preset_takes_the_default_init_and_activation(flags, init, activation, schedule):
-    """The split_mnist_cosine preset's Glorot + ELU and cosine lr fit its 12 large chunks; a small-chunk shape
-    gets the defaults, said on stderr."""
-    proc = run("train", "--preset", "split_mnist_cosine", *flags, "--dry-run")
-    assert proc.returncode == 0, proc.stderr
-    config = json.loads(proc.stdout)["config"]
-    assert (config["hnet_init"], config["hnet_activation"], config["lr_schedule"]) == (init, activation, schedule)
-    assert ("another hypernetwork shape" in proc.stderr) == ((init, activation, schedule) != ("xavier", "elu", "cosine"))
-    assert ("lr_schedule constant" in proc.stderr) == (schedule == "constant")
-
-
 @pytest.mark.parametrize("benchmark, tasks", [("permuted_mnist", 10), ("split_mnist", 5), ("permuted_digits", 5)])
 def test_a_benchmark_alone_gives_the_same_number_of_tasks_from_flags_and_from_a_spec(benchmark, tasks):
     from sweeps.spec import parse_spec

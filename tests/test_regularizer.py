@@ -145,10 +145,11 @@ def test_auto_form_picks_factored_for_large_chunks_and_direct_for_small():
     assert Runtime(reg_form="factored").reg_form_for(preset("split_mnist").replace(chunk_size=10)) == "factored"
 
 
-def test_factored_equals_direct_with_hyperfan_chunk_gains():
+def test_factored_equals_direct_with_chunk_gains():
     torch.manual_seed(0)
-    hnet = ChunkedHypernetwork(1000, 5, 96, (6, 5), "elu", 4, 3, init="hyperfan",
-                               target_variances=torch.rand(1000) * 0.01 + 0.001).double()
+    hnet = ChunkedHypernetwork(1000, 5, 96, (6, 5), "elu", 4, 3, init="xavier_capped",
+                               target_variances=torch.rand(1000) * 0.01 + 0.001, target_fan_in=200).double()
+    assert hnet.chunk_scale is not None and (hnet.chunk_scale < 1).any()
     direct, factored = snapshot(hnet, 4, "direct"), snapshot(hnet, 4, "factored")
     perturb(hnet, 0.05)
     torch.testing.assert_close(output_regularizer(hnet, factored), output_regularizer(hnet, direct))

@@ -16,21 +16,10 @@ from sweeps.store import ensure_store
 TINY_BASE = {"preset": "split_digits", "num_tasks": 3, "iters": 15, "batch_size": 32}
 
 
-def test_a_spec_reshaping_a_preset_gets_the_default_init_unless_it_names_one():
-    """Same rule as `hnet train --preset` (hnet.config.resolve): a space over the hypernetwork's shape."""
-    reshaped = parse_spec({"name": "r", "base": {"preset": "split_mnist_cosine"}, "space": {"chunk_size": [50, 100]}})
-    assert (reshaped.base.hnet_init, reshaped.base.hnet_activation, reshaped.base.lr_schedule) == \
-        ("hyperfan_shrunk_mean", "relu", "constant")
-    named = parse_spec({"name": "n", "base": {"preset": "split_mnist", "hnet_init": "xavier"},
-                        "space": {"chunk_size": [50, 100]}})
-    assert (named.base.hnet_init, named.base.hnet_activation) == ("xavier", "relu")
-    kept = parse_spec({"name": "k", "base": {"preset": "split_mnist_cosine"}, "space": {"beta": [0.01, 0.1]}})
-    assert (kept.base.hnet_init, kept.base.hnet_activation, kept.base.lr_schedule) == ("xavier", "elu", "cosine")
-
-
 def test_flags_a_spec_and_the_python_resolver_give_the_same_config(tmp_path):
-    """`hnet train --preset P --f v`, a spec with base P and f: v, a spec sweeping f over [v], and
-    hnet.config.resolve(P, {f: v}) are one config, the preset's tuned baseline settings included."""
+    """`hnet train --preset P --f v`, a config file with P and f: v, a spec with base P and f: v, a spec sweeping
+    f over [v], and hnet.config.resolve(P, {f: v}) are one config, the preset's tuned baseline settings included.
+    A reshaped preset keeps everything else of the preset (no field is swapped behind the user's back)."""
     import json
 
     from hnet.config import resolve
@@ -41,10 +30,15 @@ def test_flags_a_spec_and_the_python_resolver_give_the_same_config(tmp_path):
         dry = hnet("train", "--preset", name, *flags, "--dry-run", cwd=tmp_path)
         assert dry.returncode == 0, dry.stderr
         from_flags = json.loads(dry.stdout)["config"]
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({"preset": name, **fields}))
+        from_file = json.loads(hnet("train", "--config", str(tmp_path / "c.yaml"), "--dry-run", cwd=tmp_path).stdout)
+        assert from_file["config"] == from_flags and dry.stderr == ""
         from_base = parse_spec({"name": "b", "base": {"preset": name, **fields}, "space": {"batch_size": [128]}}).base
         swept = parse_spec({"name": "s", "base": {"preset": name}, "space": {k: [v] for k, v in fields.items()}})
         assert from_flags == resolve(name, fields).to_dict() == from_base.to_dict() == \
             swept.trial_config(fields).to_dict(), (name, fields)
+    reshaped, own = resolve("split_mnist", {"chunk_size": 50}), resolve("split_mnist")
+    assert reshaped.replace(chunk_size=own.chunk_size) == own and own.hnet_init == "xavier_capped"
     assert resolve("split_mnist", {"method": "ewc", "scenario": "cl3"}).ewc_lambda == 100.0  # tuned (docs/scenarios.md)
     assert resolve("split_mnist", {"method": "ewc", "ewc_lambda": 5.0}).ewc_lambda == 5.0  # a value given wins
 
