@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Accuracy of the last task while it is learned, every few iterations (test, and validation
 where a split is held out): whether its final accuracy is a settled value or one sample of the
-noise a constant learning rate keeps up (docs/init.md, "Since 2026-12-01: a cosine learning rate
+noise a constant learning rate keeps up (docs/init_history.md, "Since 2026-12-01: a cosine learning rate
 within each task — parity").
 
-    python bench/last_task_trace.py --preset split_mnist --set lr_schedule=constant --seeds 0 1 \\
+    python studies/cl1_parity/last_task_trace.py --preset split_mnist --set lr_schedule=constant --seeds 0 1 \\
         --set val_fraction=0.1 --data-root ../shared/data --threads 1 --out docs/cl1_parity/trace.jsonl
-    python bench/last_task_trace.py --out docs/cl1_parity/trace.jsonl --plot docs/cl1_parity/trace.png
+    python studies/cl1_parity/last_task_trace.py --out docs/cl1_parity/trace.jsonl --plot docs/cl1_parity/trace.png
 """
 from __future__ import annotations
 

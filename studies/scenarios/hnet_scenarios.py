@@ -11,9 +11,9 @@ code and the paper's weight count for CL3) there is no cl2, whose head is shared
 One JSON line per seed: test accuracy per task and its mean for each
 scenario, and the task-inference accuracy.
 
-    python bench/hnet_scenarios.py --preset permuted_mnist --set iters=1000 --seeds 0 1 2 \\
+    python studies/scenarios/hnet_scenarios.py --preset permuted_mnist --set iters=1000 --seeds 0 1 2 \\
         --data-root ../shared/data --out docs/scenarios/hnet_ent_permutedmnist.jsonl
-    python bench/hnet_scenarios.py --out docs/scenarios/hnet_ent_permutedmnist.jsonl --summary
+    python studies/scenarios/hnet_scenarios.py --out docs/scenarios/hnet_ent_permutedmnist.jsonl --summary
 """
 from __future__ import annotations
 
