@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 SPLIT = ["--benchmark", "split_mnist", "--num-tasks", "5", "--target-hidden", "400,400", "--beta", "0.01",
          "--lr", "0.001", "--iters", "2000", "--batch-size", "128"]
 PAPER_HNET = {"hnet_hidden": "10,10", "task_emb_dim": 96, "chunk_emb_dim": 96}
+# The hyperfan inits left the code with this study (their cells ran with the code of commit 7639554; run
+# them in a checkout of it). Rows `xavier_capped_no_shrink` / `_slow_chunks` are the default's earlier builds.
 INITS = ["xavier_capped", "hyperfan_shrunk_mean", "hyperfan_out_step", "xavier"]
 
 
