@@ -92,7 +92,7 @@ def fan_in_variances(target: nn.Module, activation: str) -> torch.Tensor:
     """
     params = list(target.parameters())
     last_weight = max(i for i, p in enumerate(params) if p.dim() == 2)
-    hidden_gain2 = activation_gain(activation, 1.0) ** 2
+    hidden_gain2 = activation_gain(activation) ** 2
     pieces, fan_in = [], 1
     for i, p in enumerate(params):
         if p.dim() == 2:
@@ -104,17 +104,15 @@ def fan_in_variances(target: nn.Module, activation: str) -> torch.Tensor:
     return torch.cat(pieces)
 
 
-def activation_gain(activation: str, second_moment: float) -> float:
-    """Gain g with E[φ(g·x)²] = E[x²] for x ~ N(0, second_moment): the fan-in gain that keeps
-    the second moment of a layer's output equal to its input's (ReLU: √2, linear: 1; ELU
-    depends on the scale: ≈1 for small inputs, where it is nearly linear)."""
+def activation_gain(activation: str) -> float:
+    """Gain g with E[φ(g·x)²] = 1 for x ~ N(0, 1): the fan-in gain that keeps the second moment of a
+    layer's output equal to its unit-variance input's (ReLU: √2, linear: 1, ELU ≈ 1.28)."""
     act = _ACTIVATIONS[activation]
     z = torch.linspace(-8, 8, 4001, dtype=torch.float64)
     density = torch.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
 
-    def moment(g: float) -> float:  # E[φ(g σ z)²] / σ², z ~ N(0, 1), by quadrature
-        sigma = math.sqrt(second_moment)
-        return torch.trapezoid(act(g * sigma * z) ** 2 * density, z).item() / second_moment
+    def moment(g: float) -> float:  # E[φ(g z)²], z ~ N(0, 1), by quadrature
+        return torch.trapezoid(act(g * z) ** 2 * density, z).item()
 
     lo, hi = 0.5, 4.0  # moment(g) grows with g for every activation here
     for _ in range(60):
