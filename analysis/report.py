@@ -152,7 +152,7 @@ def add_report_parser(sub, parser_class) -> None:
     p.add_argument("--trial", action="append", metavar="TRIAL_ID",
                    help="per-run view: this trial's accuracy matrix as a heat map (repeatable; default the best trial)")
     p.add_argument("--results", nargs="+", metavar="FILE.jsonl",
-                   help="read the trials from these results files (bench/gpu_pool.py), merged, instead of MLflow; "
+                   help="read the trials from these results files (hnet sweep run --backend pool), merged, instead of MLflow; "
                         "EXPERIMENT is then only the report's title")
     p.add_argument("--ui-url", metavar="URL", help="MLflow UI address (e.g. http://127.0.0.1:5000): one run link per table row")
     p.add_argument("--log-ratio", action="store_true", help="Fig. A7 with a log-scale compression axis")

@@ -32,22 +32,16 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
                               filter_string=f"tags.{record.ROLE} = '{record.ROLE_TRIAL}'", output_format="pandas")
     if runs.empty:
         return runs
-    frame = pd.DataFrame({"run_id": runs["run_id"], "trial_id": runs[f"tags.{record.TRIAL_ID}"],
-                          "sweep_id": runs[f"tags.{record.SWEEP_ID}"], "benchmark": runs[f"tags.{record.BENCHMARK}"],
-                          "status": runs[f"tags.{record.STATUS}"].fillna("running"), "start_time": runs["start_time"]})
-    defaults = TrainConfig().to_flat_params()  # runs logged before a field existed ran with its default
-    for name in TrainConfig.field_names():
-        frame[name] = runs[f"params.{name}"].fillna(defaults[name]) if f"params.{name}" in runs else defaults[name]
-    for name in record.RESULT_METRICS:
-        if f"metrics.{name}" in runs:
-            frame[name] = runs[f"metrics.{name}"]
+    trials = [record.TrialRecord.from_mlflow(run) for run in runs.to_dict("records")]
     if with_matrix:
-        frame["acc_matrix"] = [accuracy_matrix(client, run_id) for run_id in frame["run_id"]]
+        for trial in trials:
+            trial.acc_matrix = accuracy_matrix(client, trial.run_id)
+    frame = pd.DataFrame([trial.to_row() for trial in trials])
     return frame.sort_values("start_time").reset_index(drop=True)
 
 
 def load_results_files(paths: list[str | Path]) -> pd.DataFrame:
-    """Trials from JSON-lines files of trainer results (``bench/gpu_pool.py`` on a machine without
+    """Trials from JSON-lines files of trainer results (``hnet sweep run --backend pool``, which runs without
     MLflow), in ``load_trials``' layout with the ``acc_matrix`` column; several files merge."""
     rows = []
     for path in map(Path, paths):
@@ -56,10 +50,8 @@ def load_results_files(paths: list[str | Path]) -> pd.DataFrame:
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read results file {path}: {str(exc).splitlines()[0]}") from None
         for i, result in enumerate(lines):
-            trial = record.TrialRecord(
-                trial_id=f"{path.stem}-{i}", sweep_id=path.stem, status="completed",
-                config=TrainConfig.from_dict(result["config"]), start_time=len(rows), acc_matrix=result["acc_matrix"],
-                metrics={k: result[k] for k in record.RESULT_METRICS if k in result})
+            trial = record.TrialRecord.from_result(result, trial_id=f"{path.stem}-{i}", sweep_id=path.stem,
+                                                   start_time=len(rows))
             rows.append(trial.to_row())
     return pd.DataFrame(rows)
 

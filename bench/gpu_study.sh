@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run a sweep spec's trials on a lent GPU (no Ray there): N processes share the GPU through
-# CUDA MPS when it starts (kernels of different processes then run concurrently), else by time-slicing.
+# Run a sweep spec's trials on a lent GPU (no Ray, Optuna or MLflow there; the project on the path,
+# not installed): `hnet sweep run --backend pool` as `python3 -m sweeps`. N processes share the GPU
+# through CUDA MPS when it starts (kernels of different processes then run concurrently), else by time-slicing.
 #   bash bench/gpu_study.sh SPEC DATA OUT [WORKERS] [TIME_LIMIT_S] [--set key=value ...]
 set -uo pipefail
 spec=$1 data=$2 out=$3 workers=${4:-8} limit=${5:-0}
@@ -16,5 +17,6 @@ elif nvidia-cuda-mps-control -d 2>/dev/null; then
 fi
 echo "CUDA MPS: $mps" | tee "$out/mps.txt"
 name=$(basename "$spec" .yaml)
-python3 bench/gpu_pool.py "$spec" --data-root "$data" --workers "$workers" --time-limit "$limit" \
-    --out "$out/$name.jsonl" "$@" 2>&1 | grep --line-buffered -v -i -e warn -e run_backward | tee "$out/$name.log"
+python3 -m sweeps run "$spec" --backend pool --data-root "$data" --set device=cuda --workers "$workers" \
+    --time-limit "$limit" --results "$out/$name.jsonl" "$@" 2>&1 \
+    | grep --line-buffered -v -i -e warn -e run_backward -e ": task [0-9]*/[0-9]* done" | tee "$out/$name.log"

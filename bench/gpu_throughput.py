@@ -23,9 +23,9 @@ import time
 from typing import Any
 
 from hnet.config import Runtime, TrainConfig
+from sweeps.expand import expand
 from sweeps.spec import load_spec
 
-from gpu_pool import sample_architectures
 
 
 class _Deadline(Exception):
@@ -109,7 +109,8 @@ def main() -> None:
     import torch
 
     spec = load_spec(args.spec)
-    configs = sample_architectures(spec, args.trials)
+    spec.num_samples, spec.seeds = args.trials, 1
+    configs = expand(spec)
     cores = len(os.sched_getaffinity(0))
     name = torch.cuda.get_device_name(args.device)
     iters_per_trial = configs[0].iters * configs[0].num_tasks

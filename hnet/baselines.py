@@ -1,8 +1,7 @@
 """Baselines that train the target network's own weights: fine-tuning, online EWC and SI.
 
-The weights they train are ``hnet.models.TargetWeights`` (the target's flat weight vector with
-the hypernetwork's interface), so the same trainer step, data and callbacks train either.
-``WeightPenalty`` is the quadratic penalty both methods add to the task loss,
+The weights they train are ``hnet.models.TargetWeights`` (the target's flat weight vector),
+held by ``hnet.learners.PenaltyLearner``. ``WeightPenalty`` is the quadratic penalty both methods add to the task loss,
 Σ_i Ω_i (θ_i − θ*_i)², with θ* the weights after the previous task:
 
 * online EWC (Schwarz et al. 2018): Ω = λ/2 · F̃, F̃ ← γ F̃ + F_t after each task, F_t the
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
-from .evaluation import target_logits
+from .evaluation import Scenario
 
 FISHER_SAMPLES = 1000  # training inputs of a task (drawn at random) over which EWC's Fisher is averaged
 
@@ -84,6 +83,8 @@ def diagonal_fisher(log_probs_of, weights: torch.Tensor, inputs: torch.Tensor, b
 
 def task_log_probs(cfg: TrainConfig, target, task: int):
     """log p(· | x) of one input as the baseline trains task ``task`` (its head, or the seen classes)."""
+    scenario = Scenario.of(cfg)
+
     def log_probs_of(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(target_logits(cfg, target, weights, x[None], task, task + 1)[0], dim=-1)
+        return F.log_softmax(scenario.shared_logits(target, weights, x[None], task, task + 1)[0], dim=-1)
     return log_probs_of

@@ -87,19 +87,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg, runtime = config_from_args(args)
     counts = count_weights(cfg)
     if args.dry_run:
-        from .models import build_models, num_weights
+        from .learners import build_learner
+        from .models import num_weights
 
-        target, hnet = build_models(cfg, "cpu")  # build for real: counts come from the objects
-        built = WeightCounts(target_weights=num_weights(target),
-                             hnet_weights=sum(p.numel() for p in hnet.theta().values()),
-                             task_embedding_weights=sum(p.numel() for p in hnet.task_embs),
-                             num_chunks=hnet.num_chunks).to_dict()
+        target, learner = build_learner(cfg, "cpu")  # build for real: counts come from the objects
+        built = WeightCounts(target_weights=num_weights(target), **learner.weight_counts()).to_dict()
         assert built == counts.to_dict(), (built, counts.to_dict())
         print(json.dumps({**built, "config": cfg.to_dict()}))
         return 0
 
     from .data import load_benchmark
     from .trainer import TrainingDiverged, resolve_device, train
+    from .diagnostics import DeadUnits
     from .progress import ProgressBar
 
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.benchmark}")
@@ -117,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     try:
-        result = train(cfg, bench, callbacks=[ProgressBar()], checkpoint=checkpoint, resume=args.resume,
+        result = train(cfg, bench, callbacks=[ProgressBar(), DeadUnits()], checkpoint=checkpoint, resume=args.resume,
                        runtime=runtime)
     except TrainingDiverged as exc:
         raise UserError(str(exc)) from None
@@ -169,9 +168,9 @@ def _unavailable(name: str, exc: ImportError):
     return fail
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     try:
-        args = build_parser(argv).parse_args(argv)
+        args = (parser or build_parser(argv)).parse_args(argv)
         return args.func(args)
     except UserError as exc:  # config, data, spec and argument errors
         print(f"hnet: error: {exc}", file=sys.stderr)

@@ -10,9 +10,12 @@
 * cl2 / cl3 with a target network trained directly: its one shared head (cl2), or its head
   over the classes of all tasks seen so far (cl3, global labels).
 
-The prediction functions for cl2/cl3 take no task argument: the task identity cannot leak.
+``Scenario`` holds every difference between them; its cl2/cl3 prediction takes no task
+argument: the task identity cannot leak.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,30 +25,47 @@ from .data import Benchmark
 from .models import target_forward
 
 
-def global_labels(cfg: TrainConfig, labels: torch.Tensor, task: int) -> torch.Tensor:
-    """Task-local labels -> the labels a model is scored against (global in cl3)."""
-    return labels + task * cfg.spec.classes_per_task if cfg.scenario == "cl3" else labels
+@dataclass(frozen=True)
+class Scenario:
+    """How a run is trained and scored: the only place that branches on scenario and method."""
 
+    name: str  # cl1 | cl2 | cl3
+    classes_per_task: int
+    weights_per_task: bool  # a hypernetwork (one weight set per task), or a target trained directly (one set)
 
-def target_logits(cfg: TrainConfig, target, weights: torch.Tensor, x: torch.Tensor, task: int | None,
-                  seen: int) -> torch.Tensor:
-    """Logits of a target network trained directly: its task head (cl1), its shared head (cl2),
-    or the classes of the ``seen`` tasks so far (cl3)."""
-    logits = target_forward(target, weights, x, task if cfg.scenario == "cl1" else 0)
-    return logits[:, :seen * cfg.spec.classes_per_task] if cfg.scenario == "cl3" else logits
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> "Scenario":
+        return cls(cfg.scenario, cfg.spec.classes_per_task, cfg.method == "hnet")
 
+    def scored_labels(self, labels: torch.Tensor, task: int) -> torch.Tensor:
+        """Task-local labels -> the labels a model is scored against (global in cl3)."""
+        return labels + task * self.classes_per_task if self.name == "cl3" else labels
 
-def task_logits(cfg: TrainConfig, target, weights: torch.Tensor, x: torch.Tensor, task: int) -> torch.Tensor:
-    """Logits with the task given (training, and cl1 at test): a hypernetwork's target always sees
-    its task's classes (task-specific weights); a target trained directly its head or, in cl3, the
-    classes so far."""
-    if cfg.method == "hnet":
-        return target_forward(target, weights, x, task)
-    return target_logits(cfg, target, weights, x, task, task + 1)
+    def shared_logits(self, target, weights: torch.Tensor, x: torch.Tensor, task: int | None,
+                      seen: int) -> torch.Tensor:
+        """Logits of a target trained directly: its task head (cl1), its shared head (cl2), or the
+        classes of the ``seen`` tasks so far (cl3)."""
+        logits = target_forward(target, weights, x, task if self.name == "cl1" else 0)
+        return logits[:, :seen * self.classes_per_task] if self.name == "cl3" else logits
 
+    def train_logits(self, target, weights: torch.Tensor, x: torch.Tensor, task: int) -> torch.Tensor:
+        """Logits with the task given (training, and cl1 at test): a hypernetwork's target always sees
+        its task's classes (task-specific weights); a target trained directly its head or, in cl3, the
+        classes so far."""
+        if self.weights_per_task:
+            return target_forward(target, weights, x, task)
+        return self.shared_logits(target, weights, x, task, task + 1)
 
-def train_labels(cfg: TrainConfig, labels: torch.Tensor, task: int) -> torch.Tensor:
-    return labels if cfg.method == "hnet" else global_labels(cfg, labels, task)
+    def train_labels(self, labels: torch.Tensor, task: int) -> torch.Tensor:
+        return labels if self.weights_per_task else self.scored_labels(labels, task)
+
+    def predict_without_task(self, target, weights: torch.Tensor, x: torch.Tensor,
+                             seen: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """cl2/cl3 predictions (and the inferred task, for a hypernetwork) without the task identity."""
+        if self.weights_per_task:
+            task, label = infer_task(target, weights[:seen], x)
+            return (label + task * self.classes_per_task if self.name == "cl3" else label), task
+        return self.shared_logits(target, weights[0], x, None, seen).argmax(1), None
 
 
 def infer_task(target, weights: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,34 +83,26 @@ def infer_task(target, weights: torch.Tensor, x: torch.Tensor) -> tuple[torch.Te
     return task, label
 
 
-def predict_without_task(cfg: TrainConfig, target, weights: torch.Tensor, x: torch.Tensor,
-                         seen: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """cl2/cl3 predictions (and the inferred task, for a hypernetwork) without the task identity."""
-    if cfg.method == "hnet":
-        task, label = infer_task(target, weights[:seen], x)
-        return (label + task * cfg.spec.classes_per_task if cfg.scenario == "cl3" else label), task
-    return target_logits(cfg, target, weights[0], x, None, seen).argmax(1), None
-
-
 @torch.no_grad()
 def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, seen: int, part: str,
              batch_size: int) -> tuple[list[float], float | None]:
     """Accuracy (%) on tasks 0..seen-1 after learning ``seen`` tasks, and for HNET+ENT the
     share (%) of inputs whose task was inferred right. ``weights``: (seen, N), one row per task."""
+    scenario = Scenario.of(cfg)
     accs, inferred, total = [], 0, 0
     for t in range(seen):
         split = bench.eval_split(t, part)
         correct = 0
         for start in range(0, len(split.rows), batch_size):
             x = bench.inputs(t, part, split.rows[start:start + batch_size])
-            y = global_labels(cfg, split.labels[start:start + batch_size], t)
-            if cfg.scenario == "cl1":
-                pred, task = task_logits(cfg, target, weights[t], x, t).argmax(1), None
+            y = scenario.scored_labels(split.labels[start:start + batch_size], t)
+            if scenario.name == "cl1":
+                pred, task = scenario.train_logits(target, weights[t], x, t).argmax(1), None
             else:
-                pred, task = predict_without_task(cfg, target, weights, x, seen)
+                pred, task = scenario.predict_without_task(target, weights, x, seen)
             correct += (pred == y).sum().item()
             if task is not None:
                 inferred += (task == t).sum().item()
         accs.append(100.0 * correct / len(split.rows))
         total += len(split.rows)
-    return accs, (100.0 * inferred / total if cfg.method == "hnet" and cfg.scenario != "cl1" else None)
+    return accs, (100.0 * inferred / total if scenario.weights_per_task and scenario.name != "cl1" else None)

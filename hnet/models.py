@@ -68,17 +68,6 @@ def target_forward(target: nn.Module, weights: torch.Tensor, x: torch.Tensor, ta
     return torch.func.functional_call(target, params, (x, task))
 
 
-@torch.no_grad()
-def dead_unit_fraction(target: MLP, hnet: "ChunkedHypernetwork", embedding: torch.Tensor, x: torch.Tensor) -> float:
-    """Fraction of the target's first-layer units, with the weights generated for ``embedding``,
-    that are not positive for any input of ``x`` (dead ReLUs: no gradient reaches their weights)."""
-    weights = hnet(embedding[None])[0]
-    layer = target.layers[0]
-    w, b = weights[:layer.weight.numel()], weights[layer.weight.numel():layer.weight.numel() + layer.bias.numel()]
-    pre = x @ w.view(layer.weight.shape).T + b
-    return (pre <= 0).all(0).float().mean().item()
-
-
 def flat_weights(target: nn.Module) -> torch.Tensor:
     """The module's own parameters as one flat vector (inverse of ``target_forward``)."""
     return torch.cat([p.detach().reshape(-1) for p in target.parameters()])
@@ -221,28 +210,16 @@ class ChunkedHypernetwork(nn.Module):
 
 
 class TargetWeights(nn.Module):
-    """What the baselines (hnet/baselines.py) learn: the target's own weights (flat, ``named_parameters``
-    order, PyTorch's default init) behind the hypernetwork's interface (``theta``, ``task_embs``, a
-    call that returns one weight row per task), so the same trainer step trains either."""
+    """What the baselines (hnet/learners.py, ``PenaltyLearner``) learn: the target's own weights, one
+    flat vector in ``named_parameters`` order, with PyTorch's default init."""
 
-    def __init__(self, target: nn.Module, num_tasks: int) -> None:
+    def __init__(self, target: nn.Module) -> None:
         super().__init__()
         pieces = []
         for name, p in target.named_parameters():  # nn.Linear's default: U(±1/sqrt(fan_in)) for weight and bias
             fan_in = p.shape[1] if p.dim() == 2 else pieces[-1].shape[1]
             pieces.append(torch.empty(p.shape).uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)))
         self.weights = nn.Parameter(torch.cat([piece.reshape(-1) for piece in pieces]))
-        self.task_embs = nn.ParameterList(nn.Parameter(torch.zeros(0)) for _ in range(num_tasks))  # none to learn
-        self.chunk_scale, self.num_chunks = None, 0
-
-    def forward(self, task_embs: torch.Tensor, padded: bool = False) -> torch.Tensor:
-        return self.weights.expand(len(task_embs), -1)  # every task uses the same weights
-
-    def theta(self) -> dict[str, nn.Parameter]:
-        return {"weights": self.weights}
-
-    def embeddings(self, tasks) -> torch.Tensor:
-        return torch.zeros(len(tasks), 0, device=self.weights.device)
 
 
 def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[MLP, "ChunkedHypernetwork | TargetWeights"]:
@@ -256,7 +233,7 @@ def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[
         target = MLP(cfg.spec.input_dim, cfg.target_hidden, outputs, cfg.target_activation, num_heads=heads)
     torch.manual_seed(cfg.seed)
     if cfg.method != "hnet":
-        return target, TargetWeights(target, cfg.num_tasks).to(device)
+        return target, TargetWeights(target).to(device)
     hnet = ChunkedHypernetwork(num_weights(target), cfg.num_tasks, cfg.chunk_size, cfg.hnet_hidden,
                                cfg.hnet_activation, cfg.task_emb_dim, cfg.chunk_emb_dim, cfg.hnet_init,
                                cfg.hnet_emb_std, fan_in_variances(target, cfg.target_activation),

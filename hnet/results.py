@@ -48,9 +48,9 @@ def result_dict(cfg: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": seconds,
         "iters_per_second": tasks_done * cfg.iters / seconds if seconds > 0 else 0.0,
     }
-    for key in ("dead_units_first_layer", "task_inference_acc"):  # HNET+ENT: % of test inputs whose task was inferred right
-        if state.get(key) is not None:
-            out[key] = state[key]
+    if state.get("task_inference_acc") is not None:  # HNET+ENT: % of test inputs whose task was inferred right
+        out["task_inference_acc"] = state["task_inference_acc"]
+    out.update(state.get("extra", {}))  # what callbacks add (hnet.diagnostics)
     if state["val_acc_matrix"]:
         val = summarize(state["val_acc_matrix"])
         out["val_acc_matrix"] = state["val_acc_matrix"]

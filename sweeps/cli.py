@@ -37,6 +37,8 @@ def _load(args: argparse.Namespace) -> SweepSpec:
         spec.runtime = spec.runtime.replace(data_root=args.data_root)
     if getattr(args, "iters", None):
         spec.set_base(iters=args.iters)
+    if getattr(args, "set", None):
+        _set_fields(spec, args.set)
     if getattr(args, "max_concurrent", None):
         if args.max_concurrent < 1:
             raise SpecError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
@@ -45,6 +47,8 @@ def _load(args: argparse.Namespace) -> SweepSpec:
         spec.runtime = spec.runtime.replace(data_root=str(Path(spec.runtime.data_root).resolve()))
     if spec.runtime.threads == 0:  # one torch thread per reserved CPU (no oversubscription)
         spec.runtime = spec.runtime.replace(threads=max(1, math.floor(spec.cpus_per_trial)))
+    if getattr(args, "backend", "ray") == "pool":
+        return spec  # sweeps.expand checks the space; Ray and Optuna may be missing
     from .search import check_feasible  # imports Ray and Optuna: only once the spec is valid
 
     grid_size = check_feasible(spec)
@@ -55,12 +59,30 @@ def _load(args: argparse.Namespace) -> SweepSpec:
     return spec
 
 
+def _set_fields(spec: SweepSpec, items: list[str]) -> None:
+    """``--set key=value``: a base (experiment) or runtime field, for every trial."""
+    from hnet.config import ConfigError, split_fields
+
+    try:
+        pairs = dict(item.split("=", 1) for item in items)
+    except ValueError:
+        raise SpecError(f"--set takes KEY=VALUE, got {next(i for i in items if '=' not in i)!r}") from None
+    try:
+        experiment, runtime = split_fields(pairs)
+        spec.runtime = spec.runtime.replace(**runtime).validate() if runtime else spec.runtime
+        if experiment:
+            spec.set_base(**experiment)
+    except ConfigError as exc:
+        raise SpecError(f"--set: {exc}") from None
+
+
 def cmd_dry_run(args: argparse.Namespace) -> int:
     import optuna
 
     from hnet.counts import count_weights
 
-    from .search import Rejected, make_sampler, sample_config, to_train_config
+    from .expand import Rejected, to_train_config
+    from .search import make_sampler, sample_config
 
     spec = _load(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,6 +114,11 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.backend == "pool":
+        return cmd_run_pool(args)
+    for flag in ("workers", "results", "time_limit"):
+        if getattr(args, flag) is not None:
+            raise SpecError(f"--{flag.replace('_', '-')} belongs to --backend pool")
     from .runner import run_sweep
 
     spec = _load(args)  # validated before Ray starts
@@ -118,6 +145,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_pool(args: argparse.Namespace) -> int:
+    from .pool import run_pool
+
+    if args.address or args.resume:
+        raise SpecError("--backend pool runs on this machine without Ray and always continues its results "
+                        "file: drop --address/--resume")
+    spec = _load(args)
+    workers = args.workers or spec.max_concurrent
+    if workers < 1:
+        raise SpecError(f"--workers must be >= 1, got {workers}")
+    results = Path(args.results or Path(spec.storage_path) / f"{spec.name}.jsonl")
+    finished, failed, left = run_pool(spec, results, workers, args.time_limit or 0)
+    print(f"results: {results}   (hnet report {spec.name} --results {results} --out DIR: Fig. A7 and tables)")
+    return 1 if failed else 0
+
+
 def add_sweep_parser(sub: argparse._SubParsersAction, parser_class) -> None:
     sweep = sub.add_parser("sweep", help="hyperparameter sweeps with Ray Tune + Optuna, recorded in MLflow")
     actions = sweep.add_subparsers(dest="sweep_command", required=True, parser_class=parser_class)
@@ -127,6 +170,8 @@ def add_sweep_parser(sub: argparse._SubParsersAction, parser_class) -> None:
     common.add_argument("--data-root", help="dataset folder (overrides the spec's runtime.data_root)")
     common.add_argument("--iters", type=int, help="training iterations per task (overrides the spec)")
     common.add_argument("--max-concurrent", type=int, help="trials running at once (overrides search.max_concurrent)")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a base or runtime field for every trial (repeatable), e.g. --set device=cuda")
     run = actions.add_parser("run", parents=[common], help="run a sweep (local Ray, or a cluster with --address)")
     run.add_argument("--address", help="Ray cluster address (e.g. 127.0.0.1:6379 or auto); default: local Ray")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default from the spec: sqlite:///mlflow.db)")
@@ -136,6 +181,13 @@ def add_sweep_parser(sub: argparse._SubParsersAction, parser_class) -> None:
                      help="show Ray's, Tune's, MLflow's and the trials' output here instead of in <sweep folder>/sweep.log")
     run.add_argument("--no-resource-check", dest="resource_check", action="store_false",
                      help="start even if no node can hold a trial now (an autoscaler will add one)")
+    run.add_argument("--backend", choices=("ray", "pool"), default="ray",
+                     help="ray: Ray Tune + Optuna, recorded in MLflow (default); pool: worker processes on this "
+                          "machine without Ray, Optuna or MLflow (grid and random search), one JSON line per trial")
+    run.add_argument("--workers", type=int, help="pool: trials at once (default: search.max_concurrent)")
+    run.add_argument("--results", help="pool: JSON-lines file of finished trials; trials already in it are skipped "
+                                       "(default: <storage_path>/<spec name>.jsonl)")
+    run.add_argument("--time-limit", type=float, help="pool: start no trial after this many seconds")
     run.set_defaults(func=cmd_run)
     dry = actions.add_parser("dry-run", parents=[common], help="print sampled configurations and compression ratios")
     dry.set_defaults(func=cmd_dry_run)

@@ -183,9 +183,9 @@ class MLflowTrialLogger(tune.Callback):
         run_id = self.run_id(trial)
         result = trial.last_result or {}
         if "acc_matrix" in result:
-            payload = {k: v for k, v in result.items() if k in RESULT_METRICS or k in ("acc_matrix", "tasks_done")}
-            payload["config"] = train_config_of(trial.config).to_dict()
-            self.client.log_text(run_id, json.dumps(payload, indent=2), record.RESULTS_ARTIFACT)
+            trial_record = record.TrialRecord.from_result({**result, "config": train_config_of(trial.config).to_dict()},
+                                                          trial.trial_id, self.sweep_id, run_id=run_id)
+            self.client.log_text(run_id, json.dumps(trial_record.to_result(), indent=2), record.RESULTS_ARTIFACT)
             self.client.log_text(run_id, accuracy_matrix_csv(result["acc_matrix"]), record.MATRIX_ARTIFACT)
         pruned = result.get("tasks_done", 0) < self.num_tasks
         self.client.set_tag(run_id, record.STATUS, "pruned" if pruned else "completed")

@@ -81,12 +81,45 @@ class TrialRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "TrialRecord":
+        """Inverse of ``to_row``."""
         config = TrainConfig.from_dict({k: row[k] for k in TrainConfig.field_names()})
-        metrics = {k: float(row[k]) for k in RESULT_METRICS
-                   if k in row and row[k] is not None and not math.isnan(float(row[k]))}
         return cls(trial_id=row["trial_id"], sweep_id=row["sweep_id"], status=row["status"], config=config,
-                   metrics=metrics, acc_matrix=row.get("acc_matrix"), run_id=row.get("run_id"),
+                   metrics=_numbers(row, RESULT_METRICS), acc_matrix=row.get("acc_matrix"), run_id=row.get("run_id"),
                    start_time=row.get("start_time"))
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any], trial_id: str, sweep_id: str, status: str = "completed",
+                    run_id: str | None = None, start_time: Any = None) -> "TrialRecord":
+        """From what the trainer returns (``hnet.trainer.train``; a results.json, a line of the pool backend)."""
+        return cls(trial_id=trial_id, sweep_id=sweep_id, status=status, config=TrainConfig.from_dict(result["config"]),
+                   metrics=_numbers(result, RESULT_METRICS), acc_matrix=result.get("acc_matrix"), run_id=run_id,
+                   start_time=start_time)
+
+    @classmethod
+    def from_mlflow(cls, run: Mapping[str, Any]) -> "TrialRecord":
+        """From a trial run as ``mlflow.search_runs`` lists it (``params.<field>``, ``metrics.<name>``,
+        ``tags.<tag>``); fields a run predates take their defaults."""
+        params = {k: run[f"params.{k}"] for k in TrainConfig.field_names() if _present(run.get(f"params.{k}"))}
+        status = run.get(f"tags.{STATUS}")
+        return cls(trial_id=run[f"tags.{TRIAL_ID}"], sweep_id=run[f"tags.{SWEEP_ID}"],
+                   status=status if _present(status) else "running",  # no status yet: running, or cut off
+                   config=TrainConfig.from_dict(params), run_id=run["run_id"], start_time=run["start_time"],
+                   metrics={k: float(run[f"metrics.{k}"]) for k in RESULT_METRICS if _present(run.get(f"metrics.{k}"))})
+
+    def to_result(self) -> dict[str, Any]:
+        """The record as results.json holds it: config, metrics, accuracy matrix, tasks done."""
+        out = {"config": self.config.to_dict(), **self.metrics}
+        if self.acc_matrix is not None:
+            out.update(acc_matrix=self.acc_matrix, tasks_done=len(self.acc_matrix))
+        return out
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _numbers(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, float]:
+    return {k: float(values[k]) for k in names if k in values and _present(values[k])}
 
 
 def trial_tags(trial_id: str, sweep_id: str, parent_run_id: str, config: TrainConfig, search_space: str,

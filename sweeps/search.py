@@ -25,18 +25,10 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from hnet.config import ConfigError, TrainConfig
-from hnet.counts import count_weights
+from hnet.config import TrainConfig
 
-from .spec import SpecError, SweepSpec, fit_chunk_size
-
-
-class Rejected(Exception):
-    """The drawn architecture lies outside the compression range."""
-
-    def __init__(self, message: str, ratio: float | None = None) -> None:
-        super().__init__(message)
-        self.ratio = ratio  # None: no chunk size could fit the range
+from .expand import Rejected, to_train_config
+from .spec import SpecError, SweepSpec
 
 
 def _sizes_label(sizes: Any) -> str:
@@ -69,27 +61,6 @@ class SearchSpace:
 
     def __call__(self, trial: optuna.Trial) -> None:
         sample_config(trial, self.spec)
-
-
-def to_train_config(spec: SweepSpec, params: dict[str, Any], seed: int = 0) -> TrainConfig:
-    """Sampled Optuna params -> full validated TrainConfig (raises Rejected if out of range)."""
-    values = {k: v for k, v in params.items() if k != "hnet_layers" and not k.startswith("hnet_layer")}
-    if "hnet_layers" in params:
-        values["hnet_hidden"] = [params[f"hnet_layer{i + 1}"] for i in range(params["hnet_layers"])]
-    try:
-        cfg = spec.trial_config(values).replace(seed=spec.base.seed + seed)
-        if spec.space.get("chunk_size") == "fit":
-            size = fit_chunk_size(cfg, spec.compression_max)
-            if size is None:
-                raise Rejected("no chunk size brings the compression ratio under the maximum")
-            cfg = cfg.replace(chunk_size=size)
-        cfg.validate()
-    except ConfigError as exc:
-        raise SpecError(f"sampled configuration is invalid: {exc}") from None
-    ratio = count_weights(cfg).compression_ratio
-    if not spec.compression_min <= ratio <= spec.compression_max:
-        raise Rejected(f"compression ratio {ratio:.3f} outside [{spec.compression_min}, {spec.compression_max}]", ratio)
-    return cfg
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:

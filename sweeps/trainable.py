@@ -16,9 +16,10 @@ import ray
 import torch
 from ray import tune
 
-from hnet.config import Runtime, TrainConfig
+from hnet.config import Runtime
 from hnet.data import load_benchmark
 from hnet.results import RESULT_METRICS
+from hnet.diagnostics import DeadUnits
 from hnet.trainer import Callback, resolve_device, train
 
 from .search import train_config_of
@@ -120,7 +121,7 @@ def run_trial(config: dict[str, Any], runtime: dict[str, Any] | None = None) -> 
         run, where = placement(Runtime.from_dict(runtime or {}))
         bench = load_benchmark(cfg, resolve_device(run.device), run.data_root)  # raw data cached per worker process
         reporter = TuneReporter(where)
-        result = train(cfg, bench, callbacks=[reporter], checkpoint=local_checkpoint, resume=True, runtime=run)
+        result = train(cfg, bench, callbacks=[reporter, DeadUnits()], checkpoint=local_checkpoint, resume=True, runtime=run)
         if resumed_at == cfg.num_tasks:
             # Every task had finished before the restart, but the driver died before it saw the last
             # report: report it again, or Tune ends the trial with its older result (a "pruned" run).

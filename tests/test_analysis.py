@@ -265,5 +265,8 @@ def test_trial_record_round_trips_through_mlflow(store):
         logged = {k: v for k, v in written.items() if k in RESULT_METRICS}
         assert trial.metrics.keys() == logged.keys() and all(trial.metrics[k] == pytest.approx(logged[k]) for k in logged)
         assert TrialRecord.from_row(trial.to_row()) == trial  # and back again
+        artifact = TrialRecord.from_result(written, trial.trial_id, trial.sweep_id)  # the artifact: the same record
+        assert artifact.config == trial.config and artifact.metrics.keys() == trial.metrics.keys()
+        assert artifact.acc_matrix and len(artifact.acc_matrix) == written["tasks_done"]
     params = client.get_run(completed["run_id"].iloc[0]).data.params
     assert set(params) == set(TrainConfig.field_names())  # experiment fields only: no runtime, no bookkeeping

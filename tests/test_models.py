@@ -4,7 +4,8 @@ import torch
 
 from hnet.config import TrainConfig, preset
 from hnet.counts import count_weights
-from hnet.models import (MLP, ChunkedHypernetwork, build_models, dead_unit_fraction, fan_in_variances, flat_weights, num_weights,
+from hnet.diagnostics import dead_unit_fraction
+from hnet.models import (MLP, ChunkedHypernetwork, build_models, fan_in_variances, flat_weights, num_weights,
                          target_forward)
 
 
@@ -122,7 +123,7 @@ def test_capped_xavier_starts_the_target_alive_at_chunk_size_10():
 
     def dead_at_init(init, activation, seed):
         target, hnet = build_models(cfg.replace(hnet_init=init, hnet_activation=activation, seed=seed))
-        return dead_unit_fraction(target, hnet, hnet.embeddings([0])[0], images)
+        return dead_unit_fraction(target, hnet(hnet.embeddings([0]))[0], images)
 
     assert max(dead_at_init("xavier", "elu", seed) for seed in range(4)) == 1.0  # what the test is about
     assert max(dead_at_init("xavier_capped", act, seed) for act in ("elu", "relu") for seed in range(4)) < 0.05

@@ -1,5 +1,4 @@
 """The output regularizer of Eq. 2: value, gradient, lookahead, subsets, both forms."""
-import copy
 
 import pytest
 import torch

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from hnet.baselines import WeightPenalty, diagonal_fisher
-from hnet.config import ConfigError, Runtime, preset
+from hnet.config import ConfigError, preset
 from hnet.counts import count_weights
 from hnet.data import load_benchmark
-from hnet.evaluation import evaluate, global_labels, infer_task
-from hnet.models import MLP, build_models, target_forward
+from hnet.evaluation import Scenario, evaluate, infer_task
+from hnet.learners import build_learner
+from hnet.models import MLP, target_forward
 from hnet.trainer import Callback, train
 
 
@@ -27,8 +28,8 @@ def test_heads_per_method_and_scenario(method, scenario, heads, weights):
     assert counts.target_weights == weights
     if method != "hnet":  # the baselines train the target's own weights: nothing compressed
         assert counts.hnet_weights == weights and counts.compression_ratio == 1.0
-    target, learner = build_models(cfg)
-    assert sum(p.numel() for p in target.parameters()) == weights and learner(learner.embeddings(range(1))).shape[-1] >= weights
+    target, learner = build_learner(cfg)
+    assert sum(p.numel() for p in target.parameters()) == weights and learner.task_weights(1).shape[-1] >= weights
 
 
 def test_multi_head_hypernetwork_target_is_the_papers_cl3_count():
@@ -39,9 +40,9 @@ def test_multi_head_hypernetwork_target_is_the_papers_cl3_count():
 
 def test_labels_are_global_only_in_cl3():
     y = torch.tensor([0, 1, 1])
-    assert global_labels(preset("split_digits").replace(scenario="cl3"), y, 3).tolist() == [6, 7, 7]
+    assert Scenario.of(preset("split_digits").replace(scenario="cl3")).scored_labels(y, 3).tolist() == [6, 7, 7]
     for scenario in ("cl1", "cl2"):
-        assert global_labels(preset("split_digits").replace(scenario=scenario), y, 3).tolist() == [0, 1, 1]
+        assert Scenario.of(preset("split_digits").replace(scenario=scenario)).scored_labels(y, 3).tolist() == [0, 1, 1]
 
 
 @pytest.mark.parametrize("method", ["hnet", "ewc"])
@@ -53,11 +54,11 @@ def test_cl2_and_cl3_never_see_the_task_identity(method):
         cfg = preset("split_digits").replace(method=method, scenario=scenario, num_tasks=2, iters=40)
         bench = load_benchmark(cfg)
         torch.manual_seed(0)
-        target, learner = build_models(cfg)
+        target, learner = build_learner(cfg)
         with torch.no_grad():
-            for p in learner.parameters():  # distinct weights per task
+            for p in learner.module.parameters():  # distinct weights per task
                 p.add_(0.5 * torch.randn_like(p))
-            weights = learner(learner.embeddings(range(2)))
+        weights = learner.task_weights(2)
         bench.tasks[1].test = bench.tasks[0].test
         accs[scenario] = evaluate(cfg, target, weights, bench, 2, "test", 1000)[0]
     assert accs["cl2"][0] == accs["cl2"][1]

@@ -5,6 +5,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from hnet.config import preset
 from hnet.data import load_benchmark
+from hnet.diagnostics import DeadUnits
 from hnet.results import summarize
 from hnet.trainer import Callback, TrainingDiverged, train
 
@@ -75,6 +76,20 @@ def test_lr_schedule_runs_within_each_task(lr_schedule):
             assert task_lrs == [pytest.approx(lr)] * 20
         else:
             assert all(b < a for a, b in zip(task_lrs, task_lrs[1:])) and task_lrs[-1] < 0.01 * lr
+
+
+def test_a_callbacks_results_join_the_record_and_survive_resume(tmp_path):
+    """DeadUnits (hnet.diagnostics) measures during task 0; a run resumed at task 2 still reports it."""
+    cfg = small(iters=20)
+    full = train(cfg, callbacks=[DeadUnits(at=10)])
+    assert 0.0 <= full["dead_units_first_layer"] <= 1.0
+    plain = train(cfg)
+    assert "dead_units_first_layer" not in plain  # only with the callback ...
+    assert plain["acc_matrix"] == full["acc_matrix"]  # ... which draws its own batch: training is unchanged
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[DeadUnits(at=10), Recorder(stop_after=1)], checkpoint=tmp_path / "cut.pt")
+    resumed = train(cfg, callbacks=[DeadUnits(at=10)], checkpoint=tmp_path / "cut.pt", resume=True)
+    assert resumed["dead_units_first_layer"] == full["dead_units_first_layer"]
 
 
 def test_resume_refuses_a_different_config(tmp_path):

@@ -14,7 +14,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 from hnet.config import Runtime, resolve, split_fields
 from hnet.evaluation import evaluate
@@ -28,14 +27,13 @@ class LastTaskTrace(Callback):
     def __init__(self, cfg, every: int, eval_batch_size: int) -> None:
         self.cfg, self.every, self.eval_batch_size, self.points = cfg, every, eval_batch_size, []
 
-    def on_models(self, target, hnet, bench) -> None:
-        self.target, self.hnet, self.bench = target, hnet, bench
+    def on_models(self, target, learner, bench) -> None:
+        self.target, self.learner, self.bench = target, learner, bench
 
     def on_iteration(self, task, iteration, loss_task, loss_reg) -> None:
         if task != self.cfg.num_tasks - 1 or (iteration + 1) % self.every:
             return
-        with torch.no_grad():
-            weights = self.hnet(self.hnet.embeddings(range(task + 1)))
+        weights = self.learner.task_weights(task + 1)
         point = {"iteration": iteration + 1}
         for part in ("test", "val") if self.cfg.val_fraction > 0 else ("test",):
             accs = evaluate(self.cfg, self.target, weights, self.bench, task + 1, part, self.eval_batch_size)[0]
