@@ -95,8 +95,14 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     top = configs.sort_values("acc_after_mean_mean", ascending=False).head(10)
     pareto = configs[pareto_front(configs, "acc_after_mean_mean")].sort_values("compression_ratio")
     binned = configs.assign(ratio_bin=pd.cut(configs["compression_ratio"], RATIO_BINS).astype(str))
-    by_bin = binned.groupby("ratio_bin", observed=True)["acc_after_mean_mean"].agg(["count", "mean", "max"]).reset_index()
-    by_bin.columns = ["compression ratio", "configurations", "mean acc after", "best acc after"]
+    # where accuracy is lost: tasks never learned (acc during < 100) or learned and then forgotten (during - after)
+    binned["lost_to_forgetting"] = binned["acc_during_mean_mean"] - binned["acc_after_mean_mean"]
+    by_bin = binned.groupby("ratio_bin", observed=True).agg(
+        configurations=("acc_after_mean_mean", "count"), mean_after=("acc_after_mean_mean", "mean"),
+        best_after=("acc_after_mean_mean", "max"), mean_during=("acc_during_mean_mean", "mean"),
+        forgotten=("lost_to_forgetting", "mean")).reset_index()
+    by_bin.columns = ["compression ratio", "configurations", "mean acc after", "best acc after",
+                      "mean acc right after learning", "mean lost to forgetting"]
     by_chunk = configs.assign(chunk_size=pd.to_numeric(configs["chunk_size"])).groupby("chunk_size")[
         "acc_after_mean_mean"].agg(["count", "mean", "min"]).reset_index()
     by_chunk.columns = ["chunk size", "configurations", "mean acc after", "lowest acc after"]
@@ -112,7 +118,9 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
              "![Fig. A7](fig_a7.png)", "", "## Top configurations", "",
              _table(readable(top, searched, ui_url, experiment_id)),
              "## Pareto set (accuracy vs compression ratio)", "", _table(readable(pareto, searched, ui_url, experiment_id)),
-             "## Accuracy by compression-ratio bin", "", _table(by_bin),
+             "## Accuracy by compression-ratio bin", "",
+             "Accuracy right after learning each task (acc during) says how well tasks were learned; acc during "
+             "minus acc after is what was learned and then forgotten.", "", _table(by_bin),
              "## Accuracy by chunk size", "", _table(by_chunk)]
     for trial_id, path in heatmaps.items():
         lines += [f"## Accuracy matrix of {trial_id}", "", f"![accuracy matrix of {trial_id}]({path.name})", ""]

@@ -2,17 +2,18 @@
 
 ``DeadUnits``: the init diagnostic of docs/init.md, the share of the target's first-layer units
 that no input of a training batch of the first task activates (a dead ReLU gets no gradient),
-with the weights learned after ``at`` iterations.
+with the weights learned after ``at`` iterations, on the batch of that iteration.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 
 from .config import TrainConfig
 from .data import Benchmark
-from .trainer import Callback
+from .trainer import Callback, task_generator
 
 
 @torch.no_grad()
@@ -40,8 +41,9 @@ class DeadUnits(Callback):
         if task != 0 or iteration + 1 != min(self.at, self.cfg.iters):
             return
         weights = self.learner.weights()
-        generator = torch.Generator(weights.device).manual_seed(self.cfg.seed)  # its own: training's stays untouched
-        x, _ = next(self.bench.train_batches(0, self.cfg.batch_size, generator))
+        # the batch training saw at this iteration, drawn again from a copy of task 0's stream (training's is untouched)
+        generator = task_generator(self.cfg, 0, weights.device)
+        x, _ = next(itertools.islice(self.bench.train_batches(0, self.cfg.batch_size, generator), iteration, None))
         self.value = dead_unit_fraction(self.target, weights, x)
 
     def results(self) -> dict[str, Any]:

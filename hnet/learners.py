@@ -124,7 +124,8 @@ class PenaltyLearner:
         return {"hnet": self.module.state_dict(), "penalty": self.penalty.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["hnet"])
+        # checkpoints before 2026-12-05 also hold empty task_embs.* entries (TargetWeights imitated the hypernetwork)
+        self.module.load_state_dict({k: v for k, v in state["hnet"].items() if not k.startswith("task_embs.")})
         self.penalty.load_state_dict(state["penalty"])
 
 

@@ -70,7 +70,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         for cb in callbacks:
             cb.on_task_start(task, cfg)
         started = time.perf_counter()
-        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + task)
+        generator = task_generator(cfg, task, device)
         graphed = use_cuda_graph(cfg, runtime, device)
         optimizer, schedule = make_optimizer(cfg, learner.start_task(task), graphed, device)
         batches = bench.train_batches(task, cfg.batch_size, generator)
@@ -111,6 +111,12 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         for cb in callbacks:
             cb.on_task_end(task, result_dict(cfg, state), Path(checkpoint) if checkpoint else None)
     return result_dict(cfg, state)
+
+
+def task_generator(cfg: TrainConfig, task: int, device: torch.device | str) -> torch.Generator:
+    """The random stream of one task (batches, the regularizer's task subset, EWC's Fisher sample): seeded
+    per task, so a resumed run draws what an uninterrupted one does."""
+    return torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + task)
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], graphed: bool,
@@ -177,4 +183,6 @@ def load_checkpoint(path: str | os.PathLike, cfg: TrainConfig, learner, state: d
     if TrainConfig.from_dict(saved["config"]).to_dict() != cfg.to_dict():  # fields it predates: defaults
         raise ValueError(f"checkpoint {path} was written for a different configuration")
     learner.load_state_dict(saved)
+    if saved.get("dead_units_first_layer") is not None:  # checkpoints before hnet.diagnostics kept it here
+        saved["extra"] = {"dead_units_first_layer": saved["dead_units_first_layer"], **saved.get("extra", {})}
     return {k: saved.get(k, default) for k, default in state.items()}

@@ -45,10 +45,10 @@ def _load(args: argparse.Namespace) -> SweepSpec:
         spec.max_concurrent = args.max_concurrent
     if spec.runtime.data_root and "://" not in spec.runtime.data_root:  # trials run in other folders
         spec.runtime = spec.runtime.replace(data_root=str(Path(spec.runtime.data_root).resolve()))
+    if getattr(args, "backend", "ray") == "pool":
+        return spec  # sweeps.expand checks the space; Ray and Optuna may be missing; threads: sweeps.pool
     if spec.runtime.threads == 0:  # one torch thread per reserved CPU (no oversubscription)
         spec.runtime = spec.runtime.replace(threads=max(1, math.floor(spec.cpus_per_trial)))
-    if getattr(args, "backend", "ray") == "pool":
-        return spec  # sweeps.expand checks the space; Ray and Optuna may be missing
     from .search import check_feasible  # imports Ray and Optuna: only once the spec is valid
 
     grid_size = check_feasible(spec)
@@ -67,6 +67,9 @@ def _set_fields(spec: SweepSpec, items: list[str]) -> None:
         pairs = dict(item.split("=", 1) for item in items)
     except ValueError:
         raise SpecError(f"--set takes KEY=VALUE, got {next(i for i in items if '=' not in i)!r}") from None
+    searched = sorted(set(pairs) & set(spec.space))
+    if searched:
+        raise SpecError(f"--set {', '.join(searched)}: searched by the spec's space; edit the space instead")
     try:
         experiment, runtime = split_fields(pairs)
         spec.runtime = spec.runtime.replace(**runtime).validate() if runtime else spec.runtime
@@ -148,11 +151,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_run_pool(args: argparse.Namespace) -> int:
     from .pool import run_pool
 
-    if args.address or args.resume:
-        raise SpecError("--backend pool runs on this machine without Ray and always continues its results "
-                        "file: drop --address/--resume")
+    ray_only = {"--address": args.address, "--resume": args.resume, "--tracking-uri": args.tracking_uri,
+                "--verbose": args.verbose, "--no-resource-check": not args.resource_check}
+    given = [flag for flag, value in ray_only.items() if value]
+    if given:
+        raise SpecError(f"{', '.join(given)}: not for --backend pool, which runs here without Ray or MLflow and "
+                        "always continues its results file")
     spec = _load(args)
-    workers = args.workers or spec.max_concurrent
+    workers = spec.max_concurrent if args.workers is None else args.workers
     if workers < 1:
         raise SpecError(f"--workers must be >= 1, got {workers}")
     results = Path(args.results or Path(spec.storage_path) / f"{spec.name}.jsonl")

@@ -94,12 +94,13 @@ def expand(spec: SweepSpec) -> list[TrainConfig]:
             if cfg is None or key in seen:
                 misses += 1
                 if misses > spec.max_rejections:
-                    raise SpecError(f"{spec.max_rejections} draws were outside the compression range "
+                    raise SpecError(f"{spec.max_rejections} draws in a row were outside the compression range "
                                     f"[{spec.compression_min}, {spec.compression_max}] or repeated earlier "
                                     "configurations: widen the range or the space")
                 continue
             seen.add(key)
             configs.append(cfg)
+            misses = 0  # max_rejections counts draws in a row, as the Ray searcher does
     else:
         raise SpecError(f"search.algorithm {spec.algorithm} learns from finished trials and needs the Ray "
                         "backend (Optuna); the pool backend runs grid and random searches")

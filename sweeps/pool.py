@@ -16,13 +16,14 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from hnet.config import Runtime, TrainConfig
 
 from .expand import expand
-from .spec import SweepSpec
+from .spec import SpecError, SweepSpec
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -31,9 +32,29 @@ def config_key(config: dict[str, Any]) -> str:
 
 
 def done_configs(results: Path) -> set[str]:
+    """The configurations already in ``results``. A last line cut short (the process killed while
+    writing it) is removed, with a warning: that trial runs again."""
     if not results.exists():
         return set()
-    return {config_key(json.loads(line)["config"]) for line in results.read_text().splitlines() if line.strip()}
+    text = results.read_text()
+    lines = text.splitlines()
+    done = set()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            done.add(config_key(json.loads(line)["config"]))
+        except (json.JSONDecodeError, KeyError):
+            if i < len(lines) - 1 or text.endswith("\n"):
+                raise SpecError(f"{results}: line {i + 1} is not a trial record; not appending to it") from None
+            print(f"hnet sweep: {results}: removing a last line cut short (its trial runs again)", flush=True)
+            with open(results, "r+") as f:
+                f.truncate(len(text.encode()) - len(line.encode()))
+            return done
+    if text and not text.endswith("\n"):  # a whole record without its newline: the next one starts a line
+        with open(results, "a") as f:
+            f.write("\n")
+    return done
 
 
 def _run_trial(values: dict[str, Any], runtime: dict[str, Any], label: str) -> dict[str, Any]:
@@ -84,8 +105,11 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
             if cfg is None:
                 return None
             label = f"trial {i + 1}/{len(todo)} " + " ".join(f"{k}={getattr(cfg, k)}" for k in shown)
+            try:
+                future = pool.submit(_run_trial, cfg.to_dict(), runtime, label)
+            except BrokenProcessPool:  # a worker died (killed for memory?): finish what runs, start nothing
+                return None
             print(f"  {label}: started", flush=True)
-            future = pool.submit(_run_trial, cfg.to_dict(), runtime, label)
             label_of[future] = label
             return future
 
@@ -97,7 +121,8 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
                     result = future.result()
                 except Exception as exc:  # e.g. TrainingDiverged: the other trials go on
                     failed += 1
-                    print(f"  {label_of[future]}: failed: {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+                    reason = (str(exc).splitlines() or [""])[0]
+                    print(f"  {label_of[future]}: failed: {type(exc).__name__}: {reason}", flush=True)
                     pending |= {f for f in [submit()] if f}
                     continue
                 out.write(json.dumps(result) + "\n")

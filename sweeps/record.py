@@ -92,7 +92,8 @@ class TrialRecord:
                     run_id: str | None = None, start_time: Any = None) -> "TrialRecord":
         """From what the trainer returns (``hnet.trainer.train``; a results.json, a line of the pool backend)."""
         return cls(trial_id=trial_id, sweep_id=sweep_id, status=status, config=TrainConfig.from_dict(result["config"]),
-                   metrics=_numbers(result, RESULT_METRICS), acc_matrix=result.get("acc_matrix"), run_id=run_id,
+                   metrics={k: result[k] for k in RESULT_METRICS if k in result and _present(result[k])},
+                   acc_matrix=result.get("acc_matrix"), run_id=run_id,
                    start_time=start_time)
 
     @classmethod

@@ -160,3 +160,28 @@ def test_sigterm_ends_the_pools_workers(tmp_path):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_last_line_cut_short_is_removed_and_its_trial_runs_again(tmp_path):
+    spec, results = write_spec(tmp_path, samples=1), tmp_path / "results.jsonl"
+    args = ("run", str(spec), "--backend", "pool", "--workers", "1", "--results", str(results), "--set", "threads=1")
+    assert sweep(*args).returncode == 0
+    whole = results.read_text().splitlines()
+    assert len(whole) == 2
+    results.write_text(whole[0] + "\n" + whole[1][:100])  # killed while writing the second record
+    again = sweep(*args)
+    assert again.returncode == 0 and "removing a last line cut short" in again.stdout, again.stderr
+    assert [json.loads(line)["config"] for line in results.read_text().splitlines()] == \
+        [json.loads(line)["config"] for line in whole]
+    results.write_text("not json\n" + results.read_text())  # not a cut: refuse to append to it
+    bad = sweep(*args)
+    assert bad.returncode == 2 and "line 1 is not a trial record" in bad.stderr
+
+
+def test_set_refuses_a_searched_field_and_the_pool_refuses_ray_flags(tmp_path):
+    spec = str(write_spec(tmp_path))
+    searched = sweep("run", spec, "--backend", "pool", "--set", "chunk_size=7")
+    assert searched.returncode == 2 and "searched by the spec's space" in searched.stderr
+    for flag in (["--tracking-uri", "sqlite:///x.db"], ["--verbose"], ["--workers", "0"]):
+        refused = sweep("run", spec, "--backend", "pool", *flag)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, (flag, refused.stderr)
