@@ -57,16 +57,30 @@ def get_experiment_id(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
 
 
+def set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value: str, tries: int = 5) -> None:
+    """Two sweeps starting at once on one experiment race on its tags: MLflow's SQL store reads, then
+    inserts, so the second insert of a new key fails (a unique-key violation, seen on PostgreSQL).
+    The tag exists after the first; a retry updates it."""
+    for attempt in range(tries):
+        try:
+            client.set_experiment_tag(experiment_id, key, value)
+            return
+        except MlflowException:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
     """Create the sweep's parent run and the experiment's runs view; returns the run's id."""
     client = open_store(spec.tracking_uri)
     experiment_id = get_experiment_id(client, spec.experiment)
-    client.set_experiment_tag(experiment_id, record.VIEW_TAG, json.dumps(record.runs_view(list(spec.space))))
-    client.set_experiment_tag(experiment_id, "mlflow.note.content",
-                              f"Sweep `{spec.name}` ({spec.source or 'spec'}): {spec.base.benchmark}, {spec.base.method}, "
-                              f"{spec.base.scenario}; searched: {', '.join(spec.space)}; {spec.algorithm} search, "
-                              f"{spec.num_samples} configurations x {spec.seeds} seed(s). Trials are nested under "
-                              f"the sweep's run; `hnet report` adds Fig. A7 and the tables to it.")
+    set_experiment_tag(client, experiment_id, record.VIEW_TAG, json.dumps(record.runs_view(list(spec.space))))
+    set_experiment_tag(client, experiment_id, "mlflow.note.content",
+                       f"Sweep `{spec.name}` ({spec.source or 'spec'}): {spec.base.benchmark}, {spec.base.method}, "
+                       f"{spec.base.scenario}; searched: {', '.join(spec.space)}; {spec.algorithm} search, "
+                       f"{spec.num_samples} configurations x {spec.seeds} seed(s). Trials are nested under "
+                       f"the sweep's run; `hnet report` adds Fig. A7 and the tables to it.")
     tags = {"mlflow.runName": sweep_id, record.SWEEP_ID: sweep_id, record.SWEEP_NAME: spec.name,
             record.ROLE: record.ROLE_SWEEP, record.BENCHMARK: spec.base.benchmark, record.SCENARIO: spec.base.scenario,
             record.METHOD: spec.base.method,
