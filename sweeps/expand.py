@@ -26,6 +26,12 @@ class Rejected(Exception):
         self.ratio = ratio  # None: no chunk size could fit the range
 
 
+def config_key(cfg: TrainConfig) -> str:
+    """A configuration's identity (equal keys: the same experiment): for repeated draws, and for trials
+    a results file already holds."""
+    return repr(sorted(cfg.to_dict().items()))
+
+
 def to_train_config(spec: SweepSpec, params: dict[str, Any], seed: int = 0) -> TrainConfig:
     """Drawn values (Optuna's params, or ``draw``'s) -> full validated TrainConfig (raises Rejected
     if out of range). Optuna draws conditional layer sizes as ``hnet_layers``/``hnet_layer{i}``."""
@@ -79,7 +85,7 @@ def expand(spec: SweepSpec) -> list[TrainConfig]:
                 configs.append(to_train_config(spec, dict(zip(keys, point))))
             except Rejected:
                 pass
-        configs = list({repr(sorted(c.to_dict().items())): c for c in configs}.values())
+        configs = list({config_key(c): c for c in configs}.values())
         if not configs:
             raise SpecError("no grid point lies in the compression range "
                             f"[{spec.compression_min}, {spec.compression_max}]")
@@ -90,7 +96,7 @@ def expand(spec: SweepSpec) -> list[TrainConfig]:
                 cfg = to_train_config(spec, draw(spec, rng))
             except Rejected:
                 cfg = None
-            key = repr(sorted(cfg.to_dict().items())) if cfg else None
+            key = config_key(cfg) if cfg else None
             if cfg is None or key in seen:
                 misses += 1
                 if misses > spec.max_rejections:

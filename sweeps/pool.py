@@ -22,13 +22,8 @@ from typing import Any
 
 from hnet.config import Runtime, TrainConfig
 
-from .expand import expand
+from .expand import config_key, expand
 from .spec import SpecError, SweepSpec
-
-
-def config_key(config: dict[str, Any]) -> str:
-    """A configuration's identity; ``from_dict`` gives fields a record predates their defaults."""
-    return json.dumps(TrainConfig.from_dict(config).to_dict(), sort_keys=True)
 
 
 def done_configs(results: Path) -> set[str]:
@@ -43,7 +38,7 @@ def done_configs(results: Path) -> set[str]:
         if not line.strip():
             continue
         try:
-            done.add(config_key(json.loads(line)["config"]))
+            done.add(config_key(TrainConfig.from_dict(json.loads(line)["config"])))  # fields a line predates: defaults
         except (json.JSONDecodeError, KeyError):
             if i < len(lines) - 1 or text.endswith("\n"):
                 raise SpecError(f"{results}: line {i + 1} is not a trial record; not appending to it") from None
@@ -69,7 +64,8 @@ def _run_trial(values: dict[str, Any], runtime: dict[str, Any], label: str) -> d
             print(f"  {label}: task {task + 1}/{values['num_tasks']} done, acc_after_mean "
                   f"{summary['acc_after_mean']:.2f}, {summary['train_seconds']:.0f} s", flush=True)
 
-    result = train(TrainConfig.from_dict(values), runtime=Runtime.from_dict(runtime), callbacks=[TaskLine(), DeadUnits()])
+    result = train(TrainConfig.from_dict(values), runtime=Runtime.from_dict(runtime),
+                   callbacks=[TaskLine(), DeadUnits()])
     result["device_name"] = torch.cuda.get_device_name() if torch.cuda.is_available() and \
         runtime["device"] != "cpu" else "cpu"
     return result
@@ -82,7 +78,7 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
     cores = len(os.sched_getaffinity(0))
     runtime = spec.runtime.replace(threads=spec.runtime.threads or max(1, cores // workers)).to_dict()
     done_before = done_configs(results)
-    todo = [c for c in expand(spec) if config_key(c.to_dict()) not in done_before]
+    todo = [c for c in expand(spec) if config_key(c) not in done_before]
     shown = [k for k in spec.space if k != "chunk_size"] + ["chunk_size", "seed"]
     print(f"{spec.name}: {len(todo)} trials to run ({len(done_before)} already in {results}), {workers} at a time, "
           f"device {runtime['device']}, {runtime['threads']} thread(s) each", flush=True)

@@ -27,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hnet.config import TrainConfig
 
-from .expand import Rejected, to_train_config
+from .expand import Rejected, config_key, to_train_config
 from .spec import SpecError, SweepSpec
 
 
@@ -83,7 +83,7 @@ def check_feasible(spec: SweepSpec, probes: int = 300) -> int | None:
     """
     def key(params: dict[str, Any]) -> str | None:
         try:
-            return repr(sorted(to_train_config(spec, params).to_dict().items()))
+            return config_key(to_train_config(spec, params))
         except Rejected:
             return None
 
@@ -185,7 +185,7 @@ class SweepSearcher(Searcher):
                 self.stats["architectures_rejected"] += 1
                 self.inner.on_trial_complete(group_id, error=True)  # a FAIL in Optuna; no Tune trial
                 continue
-            key = repr(sorted(cfg.to_dict().items()))
+            key = config_key(cfg)
             if key in self.seen:  # TPE redraws points of small categorical spaces: reuse, don't retrain
                 self.stats["duplicates_skipped"] += 1
                 known = self.groups[self.seen[key]].get("mean")
