@@ -8,8 +8,9 @@ a GPU with ``--device cuda`` (each iteration then ends with a device synchronisa
 the figure is the step's latency, not the time to queue its kernels).
 Variants: the preset as shipped (factored regularizer + lookahead), the peer's protocol
 (no lookahead) with the factored and with the direct regularizer; then the baselines on the
-preset's target network (fine-tuning, online EWC, SI: ratios to fine-tuning) and the time of
-HNET+ENT task inference (all tasks' weights on one test batch).
+preset's target network (fine-tuning, online EWC, SI: ratios to fine-tuning), the time of
+HNET+ENT task inference (all tasks' weights on one test batch), and the replay methods' steps
+(HNET+TIR, HNET+R in cl3: ratios to the HNET step).
 
 With ``--peer-python`` the reference implementation is timed in the same run through
 ``shared/bench/peer_hypnettorch.py`` (its own virtual environment; see bench/README.md)
@@ -141,6 +142,17 @@ def time_baselines(name: str, threads: int, iters: int, warmup: int, device: str
           f"{statistics.median(times[2:]):.1f} ms per test batch", flush=True)
 
 
+def time_replay(name: str, threads: int, iters: int, warmup: int, device: str = "cpu") -> None:
+    """HNET+TIR and HNET+R steps in cl3 (the paper's replay model for each): classifier step, replay
+    batch, TIR's task classifier, the VAE step with Eq. 2 on its hypernetwork; ratio to the preset's
+    HNET step (cl3, HNET+ENT) on the same task."""
+    plain = time_preset(name, threads, iters, warmup, device, scenario="cl3")
+    for method, label in (("hnet_tir", "HNET+TIR (cl3, replay VAE + TIR)"), ("hnet_r", "HNET+R (cl3, replay VAE)")):
+        ms = time_preset(name, threads, iters, warmup, device, method=method, scenario="cl3")
+        print(f"{name:<16}{threads:>8}  {label:<38}{ms['first']:>11.2f}{ms['last']:>11.2f}"
+              f"{'':>11}{'':>10}  {ms['last'] / plain['last']:.2f}x the HNET step", flush=True)
+
+
 def run_peer(python: str, threads: list[int], iters: int, warmup: int, device: str = "cpu",
              script: Path = PEER_SCRIPT) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,6 +212,7 @@ def main() -> None:
                 print(f"{name:<16}{threads:>8}  {label:<38}{ms['first']:>11.2f}{ms['last']:>11.2f}{peer_last:>11}{ratio:>10}"
                       + kernels, flush=True)
             time_baselines(name, threads, args.iters, args.warmup, args.device)
+            time_replay(name, threads, args.iters, args.warmup, args.device)
 
 
 if __name__ == "__main__":

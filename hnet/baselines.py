@@ -43,7 +43,7 @@ class WeightPenalty:
         return self.cfg.ewc_lambda / 2 if self.method == "ewc" else self.cfg.si_c
 
     def loss(self, weights: torch.Tensor) -> torch.Tensor | None:
-        if self.method == "finetune" or self.anchor is None:
+        if self.method not in ("ewc", "si") or self.anchor is None:  # fine-tuning, HNET+R: no penalty
             return None
         return (self.omega * (weights - self.anchor).square()).sum()
 

@@ -22,7 +22,10 @@ ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu")
 # van de Ven & Tolias (2019): task identity given (cl1); not given, one shared head (cl2, domain-incremental);
 # not given, one head over all classes seen so far, the global class must be named (cl3, class-incremental).
 SCENARIOS = ("cl1", "cl2", "cl3")
-METHODS = ("hnet", "finetune", "ewc", "si")  # the hypernetwork, or the target network trained directly
+# the hypernetwork (cl2/cl3: HNET+ENT), its replay variants (HNET+TIR, HNET+R: hnet/replay.py), or the target
+# network trained directly (fine-tuning, online EWC, SI)
+METHODS = ("hnet", "hnet_tir", "hnet_r", "finetune", "ewc", "si")
+REPLAY_METHODS = ("hnet_tir", "hnet_r")
 REG_FORMS = ("auto", "factored", "direct")
 HNET_INITS = ("xavier_capped", "xavier")
 LR_SCHEDULES = ("constant", "cosine")
@@ -113,7 +116,9 @@ class TrainConfig(Fields):
     benchmark: str = option("split_digits", "benchmark", BENCHMARKS)
     num_tasks: int = option(5, "number of tasks learned in sequence (default: the benchmark's, 10 permuted, 5 split)")
     scenario: str = option("cl1", "continual-learning scenario (README: heads and labels)", SCENARIOS)
-    method: str = option("hnet", "what learns: the hypernetwork (cl2/cl3 by predictive entropy, HNET+ENT), or the "
+    method: str = option("hnet", "what learns: the hypernetwork (cl2/cl3 by predictive entropy, HNET+ENT; hnet_tir: "
+                                 "by a task-inference classifier trained with replay, HNET+TIR), the target network "
+                                 "trained with replay from a hypernetwork-protected VAE (hnet_r, HNET+R), or the "
                                  "target network itself, unprotected (finetune), with online EWC or with SI", METHODS)
     val_fraction: float = option(0.0, "fraction of each task's training set held out for model selection")
     data_seed: int = option(42, "seed of the permutations and the validation split (fixed across training seeds)")
@@ -141,6 +146,16 @@ class TrainConfig(Fields):
     ewc_gamma: float = option(1.0, "online EWC: decay γ of the accumulated Fisher information")
     si_c: float = option(1.0, "SI: strength c of the importance penalty (Zenke et al. 2017)")
     si_xi: float = option(0.1, "SI: damping ξ of the importance")
+    # replay model of hnet_tir / hnet_r (App. B): a VAE whose decoder weights a second hypernetwork generates per task
+    replay_enc_hidden: tuple[int, ...] = option((100, 100), "replay VAE: encoder hidden sizes (trained directly)")
+    replay_dec_hidden: tuple[int, ...] = option((100, 100), "replay VAE: decoder hidden sizes (generated per task)")
+    replay_latent_dim: int = option(100, "replay VAE: latent size (the decoder also gets a fixed random 100-d "
+                                         "input per task, App. C)")
+    replay_hnet_hidden: tuple[int, ...] = option((25, 25), "replay VAE: hidden sizes of the decoder's hypernetwork")
+    replay_chunk_size: int = option(2000, "replay VAE: decoder weights generated per hypernetwork call")
+    replay_task_emb_dim: int = option(24, "replay VAE: task embedding size of the decoder's hypernetwork")
+    replay_chunk_emb_dim: int = option(8, "replay VAE: chunk embedding size of the decoder's hypernetwork")
+    replay_beta: float = option(0.05, "replay VAE: β of Eq. 2 on the decoder's hypernetwork")
     # optimisation
     lr: float = option(1e-3, "Adam learning rate")
     lr_schedule: str = option("constant", "learning rate within each task: constant (the paper) or cosine (from lr "
@@ -163,6 +178,23 @@ class TrainConfig(Fields):
     def spec(self) -> BenchmarkSpec:
         return BENCHMARKS[self.benchmark]
 
+    @property
+    def generated_classifier(self) -> bool:
+        """The classifier's weights come from a hypernetwork, one set per task (hnet, hnet_tir)."""
+        return self.method in ("hnet", "hnet_tir")
+
+    @property
+    def uses_replay(self) -> bool:
+        """A replay VAE is trained: HNET+R always, HNET+TIR where the task must be inferred (cl2/cl3)."""
+        return self.method == "hnet_r" or (self.method == "hnet_tir" and self.scenario != "cl1")
+
+    def replay_hnet_config(self) -> "TrainConfig":
+        """The replay decoder's hypernetwork described as a classifier's (the fields HypernetLearner and
+        the weight counts read): its sizes and β, the optimisation of this config."""
+        return self.replace(hnet_hidden=self.replay_hnet_hidden, chunk_size=self.replay_chunk_size,
+                            task_emb_dim=self.replay_task_emb_dim, chunk_emb_dim=self.replay_chunk_emb_dim,
+                            beta=self.replay_beta, method="hnet")
+
     def validate(self) -> "TrainConfig":
         """Raise ConfigError with a one-line message for anything that cannot run."""
         self._check_choices()
@@ -176,10 +208,18 @@ class TrainConfig(Fields):
             _need(all(isinstance(s, int) and s > 0 for s in sizes),
                   f"{name} sizes must be positive integers, got {list(sizes)}")
         _need(len(self.target_hidden) >= 1, "target_hidden needs at least one layer")
-        for name in ("chunk_size", "task_emb_dim", "chunk_emb_dim", "iters", "batch_size"):
+        for name in ("replay_enc_hidden", "replay_dec_hidden"):
+            _need(len(getattr(self, name)) >= 1 and all(isinstance(s, int) and s > 0 for s in getattr(self, name)),
+                  f"{name} needs at least one layer of positive size, got {list(getattr(self, name))}")
+        _need(all(isinstance(s, int) and s > 0 for s in self.replay_hnet_hidden),
+              f"replay_hnet_hidden sizes must be positive integers, got {list(self.replay_hnet_hidden)}")
+        for name in ("chunk_size", "task_emb_dim", "chunk_emb_dim", "iters", "batch_size", "replay_latent_dim",
+                     "replay_chunk_size", "replay_task_emb_dim", "replay_chunk_emb_dim"):
             value = getattr(self, name)
             _need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value}")
-        _need(math.isfinite(self.beta) and self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        for name in ("beta", "replay_beta"):
+            _need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
+                  f"{name} must be >= 0, got {getattr(self, name)}")
         _need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
         _need(self.reg_subset >= 0, f"reg_subset must be >= 0 (0 = all earlier tasks), got {self.reg_subset}")
         _need(math.isfinite(self.hnet_emb_std) and self.hnet_emb_std >= 0,
@@ -188,9 +228,9 @@ class TrainConfig(Fields):
             _need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                   f"{name} must be >= 0, got {getattr(self, name)}")
         _need(0 < self.ewc_gamma <= 1, f"ewc_gamma must be in (0, 1], got {self.ewc_gamma}")
-        _need(not (self.multi_head and self.method != "hnet"),
-              f"multi_head is a hypernetwork option: for method {self.method} the scenario decides the heads "
-              f"(cl1 one per task, cl2 one shared, cl3 one over all classes)")
+        _need(not (self.multi_head and not self.generated_classifier),
+              f"multi_head is an option of a hypernetwork classifier (hnet, hnet_tir): for method {self.method} "
+              f"the scenario decides the heads (cl1 one per task, cl2 one shared, cl3 one over all classes)")
         _need(not (self.multi_head and self.scenario == "cl2"),
               "multi_head contradicts scenario cl2, where one output head is shared by all tasks")
         return self
@@ -207,7 +247,7 @@ class TrainConfig(Fields):
         active, as in van de Ven & Tolias 2019).
         """
         classes, tasks = self.spec.classes_per_task, self.num_tasks
-        if self.method == "hnet":
+        if self.generated_classifier:
             return classes, tasks if self.multi_head else 1
         return {"cl1": (classes, tasks), "cl2": (classes, 1), "cl3": (classes * tasks, 1)}[self.scenario]
 
@@ -326,10 +366,28 @@ TUNED: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
     "split_mnist": _SPLIT_MNIST_TUNED, "split_mnist_authors": _SPLIT_MNIST_TUNED}  # both: the constant lr tuned with
 
 
+# The paper's replay models (App. C), by benchmark of the preset and method. SplitMNIST: encoder 400,400, decoder
+# 50,150 (TIR) / 250,350 (R), its hypernetwork [10,10] with output 50,000 and embeddings 96/96, β 0.05 (TIR) / 0.01
+# (R). PermutedMNIST-10: encoder = decoder 1000,1000 (TIR) / 400,400 (R), hypernetwork [25,25] with output 85,000
+# and embeddings 24/8, β 0.05. Latent 100 throughout.
+_SPLIT_VAE = dict(replay_enc_hidden=(400, 400), replay_latent_dim=100, replay_hnet_hidden=(10, 10),
+                  replay_chunk_size=50000, replay_task_emb_dim=96, replay_chunk_emb_dim=96)
+_PERMUTED_VAE = dict(replay_latent_dim=100, replay_hnet_hidden=(25, 25), replay_chunk_size=85000,
+                     replay_task_emb_dim=24, replay_chunk_emb_dim=8, replay_beta=0.05)
+REPLAY_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "split_mnist": {"hnet_tir": {**_SPLIT_VAE, "replay_dec_hidden": (50, 150), "replay_beta": 0.05},
+                    "hnet_r": {**_SPLIT_VAE, "replay_dec_hidden": (250, 350), "replay_beta": 0.01}},
+    "permuted_mnist": {"hnet_tir": {**_PERMUTED_VAE, "replay_enc_hidden": (1000, 1000),
+                                    "replay_dec_hidden": (1000, 1000)},
+                       "hnet_r": {**_PERMUTED_VAE, "replay_enc_hidden": (400, 400), "replay_dec_hidden": (400, 400)}},
+}
+
+
 def resolve(name: str | None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """The one way a config is assembled, by the CLI, config files, sweep specs and scripts alike:
-    preset ``name`` (or the field defaults), the preset's tuned settings for the method and
-    scenario, then ``overrides`` (field values). Not validated (``.validate()``)."""
+    preset ``name`` (or the field defaults), the paper's replay model for the method (HNET+TIR,
+    HNET+R), the preset's tuned settings for the method and scenario, then ``overrides`` (field
+    values). Not validated (``.validate()``)."""
     overrides = dict(overrides or {})
     if name is None:
         return TrainConfig.from_dict(overrides)
@@ -338,6 +396,7 @@ def resolve(name: str | None, overrides: Mapping[str, Any] | None = None) -> Tra
     values = dict(PRESETS[name])
     method = overrides.get("method", values.get("method", TrainConfig.method))
     scenario = overrides.get("scenario", values.get("scenario", TrainConfig.scenario))
+    values.update(REPLAY_SETTINGS.get(values.get("benchmark"), {}).get(method, {}))
     values.update(TUNED.get(name, {}).get((method, scenario), {}))
     return TrainConfig.from_dict({**values, **overrides})
 
@@ -349,4 +408,4 @@ def preset(name: str) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "Runtime", "split_fields", "UserError", "ConfigError", "DataError", "BENCHMARKS", "PRESETS",
-           "TUNED", "preset", "resolve", "parse_sizes"]
+           "TUNED", "REPLAY_SETTINGS", "preset", "resolve", "parse_sizes"]

@@ -7,6 +7,8 @@
   whose output distribution has the lowest entropy is taken, and its prediction. cl2 answers
   the label within the task (e.g. odd/even on SplitMNIST), cl3 the global class,
   classes_per_task * inferred task + label.
+* cl2 / cl3 with HNET+TIR: as HNET+ENT, but the task is the one a task-inference classifier
+  (trained with replay, hnet/replay.py) names.
 * cl2 / cl3 with a target network trained directly: its one shared head (cl2), or its head
   over the classes of all tasks seen so far (cl3, global labels).
 
@@ -35,7 +37,7 @@ class Scenario:
 
     @classmethod
     def of(cls, cfg: TrainConfig) -> "Scenario":
-        return cls(cfg.scenario, cfg.spec.classes_per_task, cfg.method == "hnet")
+        return cls(cfg.scenario, cfg.spec.classes_per_task, cfg.generated_classifier)
 
     def scored_labels(self, labels: torch.Tensor, task: int) -> torch.Tensor:
         """Task-local labels -> the labels a model is scored against (global in cl3)."""
@@ -59,35 +61,49 @@ class Scenario:
     def train_labels(self, labels: torch.Tensor, task: int) -> torch.Tensor:
         return labels if self.weights_per_task else self.scored_labels(labels, task)
 
-    def predict_without_task(self, target, weights: torch.Tensor, x: torch.Tensor,
-                             seen: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """cl2/cl3 predictions (and the inferred task, for a hypernetwork) without the task identity."""
+    def replay_logits(self, target, weights: torch.Tensor, x: torch.Tensor, tasks: torch.Tensor,
+                      seen: int) -> torch.Tensor:
+        """HNET+R's distillation on replayed inputs (``tasks``: the task each was drawn for): the head of
+        each input's task (cl1), the shared head (cl2), the classes of the ``seen`` tasks (cl3)."""
+        if self.name == "cl1":
+            logits = target_forward(target, weights, x, None).view(len(x), target.num_heads, -1)
+            return logits[torch.arange(len(x), device=x.device), tasks]
+        return self.shared_logits(target, weights, x, None, seen)
+
+    def predict_without_task(self, target, weights: torch.Tensor, x: torch.Tensor, seen: int,
+                             task_classifier=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """cl2/cl3 predictions (and the inferred task, for a hypernetwork) without the task identity:
+        the task from ``task_classifier(x, seen)`` (HNET+TIR) or of lowest entropy (HNET+ENT)."""
         if self.weights_per_task:
-            task, label = infer_task(target, weights[:seen], x)
+            task, label = infer_task(target, weights[:seen], x, task_classifier)
             return (label + task * self.classes_per_task if self.name == "cl3" else label), task
         return self.shared_logits(target, weights[0], x, None, seen).argmax(1), None
 
 
-def infer_task(target, weights: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """HNET+ENT: ``weights`` (T, N) of the tasks learned so far. Returns, per input, the task of
-    lowest predictive entropy and the label that task's weights predict (with a multi-head target,
-    each task's weights through its own head)."""
+def infer_task(target, weights: torch.Tensor, x: torch.Tensor,
+               task_classifier=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weights`` (T, N) of the tasks learned so far. Returns, per input, the inferred task (of lowest
+    predictive entropy, HNET+ENT, or ``task_classifier``'s, HNET+TIR) and the label that task's weights
+    predict (with a multi-head target, each task's weights through its own head)."""
     logits = torch.func.vmap(lambda w: target_forward(target, w, x, None))(weights)  # (T, B, heads * classes)
     if target.num_heads > 1:  # task t's weights answer with task t's head
         tasks = torch.arange(len(weights), device=x.device)
         logits = logits.view(len(weights), len(x), target.num_heads, -1)[tasks, :, tasks]  # (T, B, classes)
-    log_p = F.log_softmax(logits, dim=-1)
-    entropy = -(log_p.exp() * log_p).sum(-1)  # (T, B)
-    task = entropy.argmin(0)
+    if task_classifier is not None:
+        task = task_classifier(x, len(weights))
+    else:
+        log_p = F.log_softmax(logits, dim=-1)
+        task = (-(log_p.exp() * log_p).sum(-1)).argmin(0)  # entropy (T, B) -> lowest per input
     label = logits[task, torch.arange(len(x), device=x.device)].argmax(-1)
     return task, label
 
 
 @torch.no_grad()
 def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, seen: int, part: str,
-             batch_size: int) -> tuple[list[float], float | None]:
-    """Accuracy (%) on tasks 0..seen-1 after learning ``seen`` tasks, and for HNET+ENT the
-    share (%) of inputs whose task was inferred right. ``weights``: (seen, N), one row per task."""
+             batch_size: int, task_classifier=None) -> tuple[list[float], float | None]:
+    """Accuracy (%) on tasks 0..seen-1 after learning ``seen`` tasks, and for HNET+ENT / HNET+TIR the
+    share (%) of inputs whose task was inferred right. ``weights``: (seen, N), one row per task;
+    ``task_classifier``: HNET+TIR's (x, seen) -> task."""
     scenario = Scenario.of(cfg)
     accs, inferred, total = [], 0, 0
     for t in range(seen):
@@ -99,7 +115,7 @@ def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, 
             if scenario.name == "cl1":
                 pred, task = scenario.train_logits(target, weights[t], x, t).argmax(1), None
             else:
-                pred, task = scenario.predict_without_task(target, weights, x, seen)
+                pred, task = scenario.predict_without_task(target, weights, x, seen, task_classifier)
             correct += (pred == y).sum().item()
             if task is not None:
                 inferred += (task == t).sum().item()

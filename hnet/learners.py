@@ -10,22 +10,47 @@ a task the learner's end-of-task step.
 * ``PenaltyLearner``, the baselines: the target's own weights (``TargetWeights``), one set
   for every task, with the quadratic penalty of fine-tuning (none), online EWC or SI
   (``hnet.baselines.WeightPenalty``).
+
+The replay methods (``hnet.replay``) extend them: HNET+TIR a ``HypernetLearner`` with a task
+classifier, HNET+R a ``PenaltyLearner`` without penalty whose task loss adds replay; both train
+their replay VAE in ``side_step``.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .baselines import FISHER_SAMPLES, WeightPenalty, diagonal_fisher, task_log_probs
 from .config import TrainConfig
 from .data import Benchmark
+from .evaluation import Scenario
 from .models import ChunkedHypernetwork, TargetWeights, build_models
 from .regularizer import adam_lookahead, output_regularizer, snapshot
 
 
-class HypernetLearner:
+class Learner:
+    """What every learner shares: the classification loss on the current batch, and no side model."""
+
+    task: int
+    infer_task = None  # HNET+TIR's task classifier (x, seen) -> task; None: the scenario's own (entropy)
+
+    def weights(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def task_loss(self, target: nn.Module, scenario: Scenario, x: torch.Tensor, y: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+        """The loss on the current task's batch (HNET+R adds its replay to it)."""
+        return F.cross_entropy(scenario.train_logits(target, self.weights(), x, self.task),
+                               scenario.train_labels(y, self.task))
+
+    def side_step(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        """After the classifier's step: what else learns from the batch (the replay VAE of HNET+TIR/R)."""
+
+
+class HypernetLearner(Learner):
     def __init__(self, cfg: TrainConfig, hnet: ChunkedHypernetwork, reg_form: str = "factored") -> None:
         self.cfg, self.hnet, self.reg_form = cfg, hnet, reg_form
         self.module: nn.Module = hnet  # what a checkpoint stores
@@ -41,6 +66,7 @@ class HypernetLearner:
     def weights(self) -> torch.Tensor:
         """The current task's target weights (padded to whole chunks)."""
         return self.hnet(self.embedding[None], padded=True)[0]
+
 
     def penalty_backward(self, optimizer: torch.optim.Adam, generator: torch.Generator) -> torch.Tensor | None:
         """After the task loss's backward: Eq. 2 at Θ + ΔΘ (ΔΘ: Adam's step on the task loss alone),
@@ -78,7 +104,7 @@ class HypernetLearner:
         self.hnet.load_state_dict(state["hnet"])
 
 
-class PenaltyLearner:
+class PenaltyLearner(Learner):
     def __init__(self, cfg: TrainConfig, target_weights: TargetWeights) -> None:
         self.cfg, self.module = cfg, target_weights
         self.penalty = WeightPenalty(cfg, target_weights.weights)
@@ -129,13 +155,16 @@ class PenaltyLearner:
         self.penalty.load_state_dict(state["penalty"])
 
 
-Learner = HypernetLearner | PenaltyLearner
-
-
 def build_learner(cfg: TrainConfig, device: torch.device | str = "cpu",
                   reg_form: str = "factored") -> tuple[nn.Module, Learner]:
     """The target network (weights always from outside) and the learner of ``cfg.method``."""
+    from .replay import ReplayLearner, TaskInferenceLearner  # they build on the two learners above
+
     target, model = build_models(cfg, device)
-    if cfg.method == "hnet":
+    if cfg.method == "hnet_tir" and cfg.uses_replay:
+        return target, TaskInferenceLearner(cfg, model, device, reg_form)
+    if cfg.method == "hnet_r":
+        return target, ReplayLearner(cfg, model, device, reg_form)
+    if cfg.generated_classifier:  # hnet, and hnet_tir in cl1 (the task is given: nothing to infer)
         return target, HypernetLearner(cfg, model, reg_form)
     return target, PenaltyLearner(cfg, model)

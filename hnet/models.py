@@ -232,7 +232,7 @@ def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[
     with torch.device("meta"):
         target = MLP(cfg.spec.input_dim, cfg.target_hidden, outputs, cfg.target_activation, num_heads=heads)
     torch.manual_seed(cfg.seed)
-    if cfg.method != "hnet":
+    if not cfg.generated_classifier:
         return target, TargetWeights(target).to(device)
     hnet = ChunkedHypernetwork(num_weights(target), cfg.num_tasks, cfg.chunk_size, cfg.hnet_hidden,
                                cfg.hnet_activation, cfg.task_emb_dim, cfg.chunk_emb_dim, cfg.hnet_init,

@@ -14,7 +14,8 @@ from .counts import count_weights
 RESULT_METRICS = ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio",
                   "compression_ratio_with_task_embeddings", "hnet_weights", "target_weights",
                   "task_embedding_weights", "num_chunks", "train_seconds", "iters_per_second",
-                  "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer", "task_inference_acc")
+                  "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer", "task_inference_acc",
+                  "replay_decoder_weights", "replay_hnet_weights", "replay_encoder_weights", "task_classifier_weights")
 SUMMARY_METRICS = ("acc_after_mean", "acc_during_mean", "forgetting")  # what ``summarize`` derives from a matrix
 
 
@@ -48,7 +49,7 @@ def result_dict(cfg: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": seconds,
         "iters_per_second": tasks_done * cfg.iters / seconds if seconds > 0 else 0.0,
     }
-    if state.get("task_inference_acc") is not None:  # HNET+ENT: % of test inputs whose task was inferred right
+    if state.get("task_inference_acc") is not None:  # HNET+ENT/TIR: % of test inputs whose task was inferred right
         out["task_inference_acc"] = state["task_inference_acc"]
     out.update(state.get("extra", {}))  # what callbacks add (hnet.diagnostics)
     if state["val_acc_matrix"]:

@@ -2,7 +2,7 @@
 
 ``train`` is one loop for every method; what differs between methods lives in their learner
 (``hnet.learners``: the hypernetwork with Eq. 2, or the target's own weights with a weight
-penalty). It knows nothing of Ray or MLflow: progress, Tune reports, MLflow logging and
+penalty; ``hnet.replay``: those two with a replay VAE trained beside them). It knows nothing of Ray or MLflow: progress, Tune reports, MLflow logging and
 diagnostics are ``Callback``s. A checkpoint written at every task boundary holds everything
 needed to continue with the next task; resuming gives the same result as an uninterrupted run.
 """
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .config import Runtime, TrainConfig
 from .data import Benchmark, load_benchmark
@@ -77,8 +76,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
 
         def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             optimizer.zero_grad(set_to_none=True)
-            logits = scenario.train_logits(target, learner.weights(), x, task)
-            loss_task = F.cross_entropy(logits, scenario.train_labels(y, task))
+            loss_task = learner.task_loss(target, scenario, x, y, generator)  # HNET+R: with replay
             loss_task.backward()
             loss_reg = learner.penalty_backward(optimizer, generator)  # Eq. 2, or EWC's / SI's penalty
             learner.optimizer_step(optimizer)
@@ -86,7 +84,9 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
 
         step = CapturedStep(step) if graphed else step
         for it in range(cfg.iters):
-            loss_task, loss_reg = step(*next(batches))
+            x, y = next(batches)
+            loss_task, loss_reg = step(x, y)
+            learner.side_step(x, generator)  # HNET+TIR / HNET+R: the replay VAE (and TIR's task classifier)
             if schedule:
                 schedule.step()
             for cb in callbacks:
@@ -97,11 +97,11 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
 
         weights = learner.task_weights(task + 1)  # one row per task learned so far
         accs, state["task_inference_acc"] = evaluate(cfg, target, weights, bench, task + 1, "test",
-                                                     runtime.eval_batch_size)
+                                                     runtime.eval_batch_size, learner.infer_task)
         state["acc_matrix"].append(accs)
         if cfg.val_fraction > 0:
             state["val_acc_matrix"].append(evaluate(cfg, target, weights, bench, task + 1, "val",
-                                                    runtime.eval_batch_size)[0])
+                                                    runtime.eval_batch_size, learner.infer_task)[0])
         state["task_seconds"].append(time.perf_counter() - started)
         state["next_task"] = task + 1
         for cb in callbacks:
@@ -131,8 +131,9 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], graphed: 
 
 
 def use_cuda_graph(cfg: TrainConfig, runtime: Runtime, device: torch.device) -> bool:
-    """Capture the step on GPUs; a random task subset per step (reg_subset) would need its RNG in the graph."""
-    return runtime.cuda_graph and device.type == "cuda" and not 0 < cfg.reg_subset
+    """Capture the step on GPUs; a random task subset per step (reg_subset) and replay sampling would need
+    their RNG in the graph."""
+    return runtime.cuda_graph and device.type == "cuda" and not 0 < cfg.reg_subset and not cfg.uses_replay
 
 
 def prepare_device(runtime: Runtime) -> torch.device:

@@ -101,7 +101,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
             counts = count_weights(cfg)
             accepted += 1
             status, ratio, weights = "accepted", f"{counts.compression_ratio:.4f}", f"{counts.hnet_weights:,}"
-            shown = dict(trial.params) | ({"chunk_size": cfg.chunk_size} if cfg.method == "hnet" else {})  # derived by "fit"
+            shown = dict(trial.params) | ({"chunk_size": cfg.chunk_size} if cfg.generated_classifier else {})  # derived by "fit"
         except Rejected as exc:
             ratio = "-" if exc.ratio is None else f"{exc.ratio:.4f}"
             status, weights, shown = "rejected", "-", trial.params

@@ -57,7 +57,9 @@ def test_dry_run_without_hidden_layers():
     (["--iters", "ten"], "invalid int value"),
     (["--method", "replay"], "unknown method"),
     (["--scenario", "cl9"], "unknown scenario"),
-    (["--method", "si", "--multi-head"], "multi_head is a hypernetwork option"),
+    (["--method", "si", "--multi-head"], "multi_head is an option of a hypernetwork classifier"),
+    (["--method", "hnet_r", "--multi-head"], "for method hnet_r the scenario decides the heads"),
+    (["--replay-dec-hidden", ""], "replay_dec_hidden needs at least one layer"),
     (["--benchmark", "split_mnist", "--data-root", "DATA_MISSING"], "MNIST not found"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):

@@ -20,13 +20,14 @@ from hnet.trainer import Callback, train
     # the paper's counts for the SplitMNIST target (App. C): 478,410 for CL1/CL3, 475,202 for CL2
     ("ewc", "cl1", (2, 5), 478_410), ("ewc", "cl2", (2, 1), 475_202), ("si", "cl3", (10, 1), 478_410),
     ("hnet", "cl3", (2, 1), 475_202),  # a hypernetwork generates weights per task: one head of a task's classes
+    ("hnet_tir", "cl3", (2, 1), 475_202), ("hnet_r", "cl1", (2, 5), 478_410),  # HNET+R: the target trained directly
 ])
 def test_heads_per_method_and_scenario(method, scenario, heads, weights):
     cfg = preset("split_mnist").replace(method=method, scenario=scenario)
     assert cfg.heads() == heads
     counts = count_weights(cfg)
     assert counts.target_weights == weights
-    if method != "hnet":  # the baselines train the target's own weights: nothing compressed
+    if method not in ("hnet", "hnet_tir"):  # the target's own weights are trained: nothing compressed
         assert counts.hnet_weights == weights and counts.compression_ratio == 1.0
     target, learner = build_learner(cfg)
     assert sum(p.numel() for p in target.parameters()) == weights and learner.task_weights(1).shape[-1] >= weights
@@ -45,7 +46,7 @@ def test_labels_are_global_only_in_cl3():
         assert Scenario.of(preset("split_digits").replace(scenario=scenario)).scored_labels(y, 3).tolist() == [0, 1, 1]
 
 
-@pytest.mark.parametrize("method", ["hnet", "ewc"])
+@pytest.mark.parametrize("method", ["hnet", "ewc", "hnet_tir", "hnet_r"])
 def test_cl2_and_cl3_never_see_the_task_identity(method):
     """Task 1's test split replaced by task 0's: without the task identity the model must give
     the same answers on both, so the same accuracy in cl2; in cl1 (task given) they differ."""
@@ -60,9 +61,9 @@ def test_cl2_and_cl3_never_see_the_task_identity(method):
                 p.add_(0.5 * torch.randn_like(p))
         weights = learner.task_weights(2)
         bench.tasks[1].test = bench.tasks[0].test
-        accs[scenario] = evaluate(cfg, target, weights, bench, 2, "test", 1000)[0]
+        accs[scenario] = evaluate(cfg, target, weights, bench, 2, "test", 1000, learner.infer_task)[0]
     assert accs["cl2"][0] == accs["cl2"][1]
-    if method == "hnet":
+    if method in ("hnet", "hnet_tir"):
         assert accs["cl1"][0] != accs["cl1"][1]  # the check can fail: with the task given, answers differ
     # cl3 scores against global labels (task 1's are shifted by 2): identical answers, different truth
     assert accs["cl3"][0] + accs["cl3"][1] <= 100.0 + 1e-9
@@ -169,11 +170,14 @@ def test_si_importance_and_online_ewc_accumulation_by_hand():
     assert torch.allclose(ewc.omega, torch.tensor([0.5 * 1.0 + 3.0, 0.5 * 2.0 + 0.0])) and ewc.strength == 5.0
 
 
-@pytest.mark.parametrize("method, scenario", [("hnet", "cl3"), ("ewc", "cl3"), ("si", "cl2"), ("finetune", "cl1")])
+@pytest.mark.parametrize("method, scenario", [("hnet", "cl3"), ("ewc", "cl3"), ("si", "cl2"), ("finetune", "cl1"),
+                                              ("hnet_tir", "cl3"), ("hnet_r", "cl1"), ("hnet_r", "cl3")])
 def test_every_method_and_scenario_trains_and_resumes(tmp_path, method, scenario):
+    """Resuming after task 1 gives the uninterrupted result: penalty state (EWC/SI) and the replay
+    VAE, the classifier the soft targets come from and TIR's task classifier come back too."""
     cfg = preset("split_digits").replace(method=method, scenario=scenario, num_tasks=3, iters=60)
     full = train(cfg)
-    assert len(full["acc_matrix"]) == 3 and ("task_inference_acc" in full) == (method == "hnet")
+    assert len(full["acc_matrix"]) == 3 and ("task_inference_acc" in full) == (method in ("hnet", "hnet_tir"))
 
     class Stop(Exception):
         pass
@@ -185,7 +189,7 @@ def test_every_method_and_scenario_trains_and_resumes(tmp_path, method, scenario
 
     with pytest.raises(Stop):
         train(cfg, callbacks=[StopAfterTask1()], checkpoint=tmp_path / "c.pt")
-    resumed = train(cfg, checkpoint=tmp_path / "c.pt", resume=True)  # EWC/SI penalty state comes back too
+    resumed = train(cfg, checkpoint=tmp_path / "c.pt", resume=True)
     assert resumed["acc_matrix"] == full["acc_matrix"]
 
 
@@ -197,7 +201,8 @@ def test_class_incremental_fine_tuning_forgets_all_but_the_last_task():
 @pytest.mark.parametrize("changes, message", [
     ({"method": "rehearsal"}, "unknown method"),
     ({"scenario": "cl4"}, "unknown scenario"),
-    ({"method": "ewc", "multi_head": True}, "multi_head is a hypernetwork option"),
+    ({"method": "ewc", "multi_head": True}, "multi_head is an option of a hypernetwork classifier"),
+    ({"method": "hnet_r", "multi_head": True}, "for method hnet_r the scenario decides the heads"),
     ({"scenario": "cl2", "multi_head": True}, "contradicts scenario cl2"),
     ({"ewc_gamma": 1.5}, "ewc_gamma must be in (0, 1]"),
 ])

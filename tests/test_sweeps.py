@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -124,6 +125,37 @@ def test_seeds_per_configuration_share_one_optuna_trial():
 
 
 # ---- real sweeps ------------------------------------------------------------------------------
+
+def test_replay_methods_sweep_into_mlflow(tmp_path):
+    """HNET+TIR and HNET+R as trials of one sweep (real Ray, MLflow): their accuracy, TIR's task
+    inference and the replay model's counts are metrics of their runs."""
+    path = write_spec(tmp_path, base={**TINY_BASE, "num_tasks": 2, "scenario": "cl3", "replay_enc_hidden": [20],
+                                      "replay_dec_hidden": [20], "replay_latent_dim": 4, "replay_chunk_size": 500},
+                      space={"method": ["hnet_tir", "hnet_r"]}, search={"algorithm": "grid", "max_concurrent": 2},
+                      num_samples=2)
+    proc = hnet("sweep", "run", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _, trials = runs(tmp_path)
+    assert sorted(trials["params.method"]) == ["hnet_r", "hnet_tir"] and (trials.status == "FINISHED").all()
+    assert trials["metrics.acc_after_mean"].notna().all() and (trials["metrics.replay_decoder_weights"] > 0).all()
+    tir = trials[trials["params.method"] == "hnet_tir"].iloc[0]
+    assert tir["metrics.task_inference_acc"] >= 0 and tir["metrics.task_classifier_weights"] > 0
+
+
+def test_shipped_specs_expand():
+    """Every spec under sweeps/configs loads and gives valid configurations; the replay specs bring the
+    paper's replay model of their method."""
+    from sweeps.expand import expand
+    from sweeps.spec import load_spec
+
+    specs = {p.stem: load_spec(p) for p in sorted((Path(__file__).parents[1] / "sweeps" / "configs").glob("*.yaml"))}
+    for name, spec in specs.items():
+        if spec.algorithm in ("grid", "random"):
+            assert expand(spec), name
+    tir, r = (expand(specs[f"hnet_{m}_splitmnist"]) for m in ("tir", "r"))
+    assert len(tir) == len(r) == 15 and {c.scenario for c in tir} == {"cl1", "cl2", "cl3"}
+    assert {(c.method, c.replay_dec_hidden) for c in tir + r} == {("hnet_tir", (50, 150)), ("hnet_r", (250, 350))}
+
 
 def test_sweep_records_every_trial_and_survives_a_failing_one(tmp_path):
     path = write_spec(tmp_path, space={"beta": [0.01, 1e300], "lr": [0.001, 0.002]},  # 1e300: diverges at task 1
