@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg, runtime = config_from_args(args)
     counts = count_weights(cfg)
     if args.dry_run:
-        from .learners import build_learner
+        from .trainer import build_learner
         from .models import num_weights
 
         target, learner = build_learner(cfg, "cpu")  # build for real: counts come from the objects

@@ -27,7 +27,7 @@ from .baselines import FISHER_SAMPLES, WeightPenalty, diagonal_fisher, task_log_
 from .config import TrainConfig
 from .data import Benchmark
 from .evaluation import Scenario
-from .models import ChunkedHypernetwork, TargetWeights, build_models
+from .models import ChunkedHypernetwork, TargetWeights
 from .regularizer import adam_lookahead, output_regularizer, snapshot
 
 
@@ -153,18 +153,3 @@ class PenaltyLearner(Learner):
         # checkpoints before 2026-12-05 also hold empty task_embs.* entries (TargetWeights imitated the hypernetwork)
         self.module.load_state_dict({k: v for k, v in state["hnet"].items() if not k.startswith("task_embs.")})
         self.penalty.load_state_dict(state["penalty"])
-
-
-def build_learner(cfg: TrainConfig, device: torch.device | str = "cpu",
-                  reg_form: str = "factored") -> tuple[nn.Module, Learner]:
-    """The target network (weights always from outside) and the learner of ``cfg.method``."""
-    from .replay import ReplayLearner, TaskInferenceLearner  # they build on the two learners above
-
-    target, model = build_models(cfg, device)
-    if cfg.method == "hnet_tir" and cfg.uses_replay:
-        return target, TaskInferenceLearner(cfg, model, device, reg_form)
-    if cfg.method == "hnet_r":
-        return target, ReplayLearner(cfg, model, device, reg_form)
-    if cfg.generated_classifier:  # hnet, and hnet_tir in cl1 (the task is given: nothing to infer)
-        return target, HypernetLearner(cfg, model, reg_form)
-    return target, PenaltyLearner(cfg, model)

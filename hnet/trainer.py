@@ -21,7 +21,9 @@ from .config import Runtime, TrainConfig
 from .data import Benchmark, load_benchmark
 from .evaluation import Scenario, evaluate
 from .graphs import CapturedStep
-from .learners import build_learner
+from .learners import HypernetLearner, Learner, PenaltyLearner
+from .models import build_models
+from .replay import ReplayLearner, TaskInferenceLearner
 from .results import result_dict
 
 
@@ -111,6 +113,19 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         for cb in callbacks:
             cb.on_task_end(task, result_dict(cfg, state), Path(checkpoint) if checkpoint else None)
     return result_dict(cfg, state)
+
+
+def build_learner(cfg: TrainConfig, device: torch.device | str = "cpu",
+                  reg_form: str = "factored") -> tuple[torch.nn.Module, Learner]:
+    """The target network (weights always from outside) and the learner of ``cfg.method``."""
+    target, model = build_models(cfg, device)
+    if cfg.method == "hnet_tir" and cfg.uses_replay:
+        return target, TaskInferenceLearner(cfg, model, device, reg_form)
+    if cfg.method == "hnet_r":
+        return target, ReplayLearner(cfg, model, device, reg_form)
+    if cfg.generated_classifier:  # hnet, and hnet_tir in cl1 (the task is given: nothing to infer)
+        return target, HypernetLearner(cfg, model, reg_form)
+    return target, PenaltyLearner(cfg, model)
 
 
 def task_generator(cfg: TrainConfig, task: int, device: torch.device | str) -> torch.Generator:

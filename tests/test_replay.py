@@ -10,10 +10,9 @@ import torch
 from hnet.config import preset, resolve
 from hnet.counts import count_weights
 from hnet.data import load_benchmark
-from hnet.learners import build_learner
 from hnet.models import target_forward
 from hnet.replay import ReplayVAE
-from hnet.trainer import task_generator
+from hnet.trainer import build_learner, task_generator
 
 SMALL_VAE = dict(replay_enc_hidden=(50,), replay_dec_hidden=(50,), replay_latent_dim=8, replay_hnet_hidden=(10,),
                  replay_chunk_size=500, replay_task_emb_dim=8, replay_chunk_emb_dim=4)

@@ -11,9 +11,8 @@ from hnet.config import ConfigError, preset
 from hnet.counts import count_weights
 from hnet.data import load_benchmark
 from hnet.evaluation import Scenario, evaluate, infer_task
-from hnet.learners import build_learner
 from hnet.models import MLP, target_forward
-from hnet.trainer import Callback, train
+from hnet.trainer import build_learner, Callback, train
 
 
 @pytest.mark.parametrize("method, scenario, heads, weights", [
