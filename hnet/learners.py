@@ -34,6 +34,7 @@ from .regularizer import adam_lookahead, output_regularizer, snapshot
 class Learner:
     """What every learner shares: the classification loss on the current batch, and no side model."""
 
+    cfg: TrainConfig
     task: int
     infer_task = None  # HNET+TIR's task classifier (x, seen) -> task; None: the scenario's own (entropy)
 
@@ -43,8 +44,9 @@ class Learner:
     def task_loss(self, target: nn.Module, scenario: Scenario, x: torch.Tensor, y: torch.Tensor,
                   generator: torch.Generator) -> torch.Tensor:
         """The loss on the current task's batch (HNET+R adds its replay to it)."""
-        return F.cross_entropy(scenario.train_logits(target, self.weights(), x, self.task),
-                               scenario.train_labels(y, self.task))
+        logits = scenario.train_logits(target, self.weights(), x, self.task)
+        return F.cross_entropy(logits, scenario.train_labels(y, self.task),
+                               label_smoothing=label_smoothing(self.cfg.soft_target, logits.shape[1]))
 
     def side_step(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """After the classifier's step: what else learns from the batch (the replay VAE of HNET+TIR/R)."""
@@ -153,3 +155,8 @@ class PenaltyLearner(Learner):
         # checkpoints before 2026-12-05 also hold empty task_embs.* entries (TargetWeights imitated the hypernetwork)
         self.module.load_state_dict({k: v for k, v in state["hnet"].items() if not k.startswith("task_embs.")})
         self.penalty.load_state_dict(state["penalty"])
+
+
+def label_smoothing(soft_target: float, classes: int) -> float:
+    """PyTorch's label smoothing ε that puts ``soft_target`` on the true class: 1 − ε + ε/classes."""
+    return 0.0 if soft_target == 1 else (1 - soft_target) * classes / (classes - 1)

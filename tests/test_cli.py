@@ -17,6 +17,7 @@ def run(*args, cwd=None):
 @pytest.mark.parametrize("preset, hnet_weights, task_embs, target", [
     ("permuted_mnist", 2_029_691, 240, 2_036_010),
     ("split_mnist", 465_192, 480, 475_202),
+    ("permuted_mnist_small", 121_819, 640, 122_700),  # App. D: 122,459 weights with task embeddings vs 122,700
 ])
 def test_dry_run_prints_counts_without_data(tmp_path, preset, hnet_weights, task_embs, target):
     proc = run("train", "--preset", preset, "--dry-run", "--data-root", str(tmp_path / "none"), cwd=tmp_path)

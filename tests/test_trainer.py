@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from hnet.config import preset
+from hnet.config import ConfigError, preset
 from hnet.data import load_benchmark
 from hnet.diagnostics import DeadUnits
 from hnet.results import summarize
@@ -124,3 +124,16 @@ def test_regularizer_prevents_forgetting_which_fine_tuning_suffers():
     assert protected["acc_during"][0] > 90 and fine_tuned["acc_during"][0] > 90  # both learn (min 94.65)
     assert protected["forgetting"] < 4  # max measured 1.00
     assert fine_tuned["forgetting"] > 10  # min measured 20.04
+
+
+def test_soft_target_puts_its_probability_on_the_true_class():
+    """App. D's soft targets: 0.95 on the true class, the rest spread evenly, as PyTorch's label smoothing."""
+    from hnet.learners import label_smoothing
+
+    logits, labels = torch.randn(6, 10), torch.tensor([0, 3, 9, 2, 2, 5])
+    targets = torch.full((6, 10), 0.05 / 9).scatter_(1, labels[:, None], 0.95)
+    by_hand = -(targets * torch.log_softmax(logits, 1)).sum(1).mean()
+    smoothed = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing(0.95, 10))
+    assert torch.allclose(smoothed, by_hand) and label_smoothing(1.0, 10) == 0.0
+    with pytest.raises(ConfigError, match="soft_target must be in"):
+        preset("permuted_digits").replace(soft_target=0.05).validate()
