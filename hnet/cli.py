@@ -70,14 +70,17 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def print_accuracy_table(result: dict[str, Any], out=sys.stdout) -> None:
-    matrix = result["acc_matrix"]
-    n = len(matrix)
-    print("\naccuracy (%) on task j (columns) after learning task i (rows)", file=out)
-    print("after " + "".join(f"{j:>8}" for j in range(n)), file=out)
+    matrix, mse = result["acc_matrix"], result.get("metric") == "mse"
+    n, cell = len(matrix), (lambda a: f"{a:10.4g}") if mse else (lambda a: f"{a:8.2f}")
+    width = 10 if mse else 8
+    print(f"\n{'mean squared error' if mse else 'accuracy (%)'} on task j (columns) after learning task i (rows)", file=out)
+    print("after " + "".join(f"{j:>{width}}" for j in range(n)), file=out)
     for i, row in enumerate(matrix):
-        print(f"{i:>5} " + "".join(f"{a:8.2f}" for a in row), file=out)
-    print(f"\nacc_during_mean {result['acc_during_mean']:.2f}  acc_after_mean {result['acc_after_mean']:.2f}  "
-          f"forgetting {result['forgetting']:.2f}  compression_ratio {result['compression_ratio']:.4f}  "
+        print(f"{i:>5} " + "".join(cell(a) for a in row), file=out)
+    value = "{:.4g}" if mse else "{:.2f}"
+    print(f"\nacc_during_mean {value.format(result['acc_during_mean'])}  acc_after_mean "
+          f"{value.format(result['acc_after_mean'])}  forgetting {value.format(result['forgetting'])}  "
+          f"compression_ratio {result['compression_ratio']:.4f}  "
           f"time {result['train_seconds']:.1f}s ({result['iters_per_second']:.1f} it/s)", file=out)
 
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu")
+ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu", "sigmoid")
 # van de Ven & Tolias (2019): task identity given (cl1); not given, one shared head (cl2, domain-incremental);
 # not given, one head over all classes seen so far, the global class must be named (cl3, class-incremental).
 SCENARIOS = ("cl1", "cl2", "cl3")
@@ -51,7 +51,8 @@ class BenchmarkSpec:
     classes_per_task: int
     max_tasks: int | None  # None: any number (permutations)
     default_tasks: int
-    dataset: str  # mnist | fashion_mnist | digits
+    dataset: str  # mnist | fashion_mnist | digits | polynomials
+    regression: bool = False  # one real output per task, MSE loss and metric (classes_per_task = 1)
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -63,6 +64,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     # Offline variants over scikit-learn's bundled 8x8 digits (tests and demos).
     "permuted_digits": BenchmarkSpec(64, 10, None, 5, "digits"),
     "split_digits": BenchmarkSpec(64, 2, 5, 5, "digits"),
+    # Fig. 2: three 1-D polynomial regression tasks on disjoint input intervals (generated, hnet/data.py).
+    "regression_1d": BenchmarkSpec(1, 1, 3, 3, "polynomials", regression=True),
 }
 
 
@@ -215,7 +218,16 @@ class TrainConfig(Fields):
                   f"{name} needs at least one layer of positive size, got {list(getattr(self, name))}")
         _need(all(isinstance(s, int) and s > 0 for s in self.replay_hnet_hidden),
               f"replay_hnet_hidden sizes must be positive integers, got {list(self.replay_hnet_hidden)}")
-        for name in ("chunk_size", "task_emb_dim", "chunk_emb_dim", "iters", "batch_size", "replay_latent_dim",
+        _need(isinstance(self.chunk_emb_dim, int) and self.chunk_emb_dim >= 0,
+              f"chunk_emb_dim must be a non-negative integer, got {self.chunk_emb_dim}")
+        if self.chunk_emb_dim == 0 and self.generated_classifier:  # without chunk embeddings all chunks are equal
+            from .counts import count_weights
+            _need(count_weights(self).num_chunks == 1,
+                  "chunk_emb_dim 0 needs one chunk: a chunk_size of at least the target's weights")
+        if spec.regression:
+            _need(self.scenario == "cl1" and self.method in ("hnet", "finetune"),
+                  f"{self.benchmark} is a regression: scenario cl1 with method hnet or finetune only")
+        for name in ("chunk_size", "task_emb_dim", "iters", "batch_size", "replay_latent_dim",
                      "replay_chunk_size", "replay_task_emb_dim", "replay_chunk_emb_dim"):
             value = getattr(self, name)
             _need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value}")
@@ -359,6 +371,12 @@ PRESETS["permuted_mnist_authors"] = {**PRESETS["permuted_mnist"], "beta": 0.1}
 PRESETS["permuted_mnist_small"] = {**PRESETS["permuted_mnist"], "target_hidden": (100, 100), "multi_head": True,
                                    "hnet_hidden": (100, 75, 50), "chunk_size": 2000, "task_emb_dim": 64,
                                    "chunk_emb_dim": 12}
+# Fig. 2 (App. C): the 1-D regression toy. A 1-10-10-1 sigmoid target (141 weights) generated at once by a
+# [10,10] sigmoid hypernetwork from a 2-d task embedding (no chunking); lr 0.01, 4,000 it/task, batch 32, β 0.005.
+PRESETS["regression_1d"] = dict(
+    benchmark="regression_1d", num_tasks=3, target_hidden=(10, 10), target_activation="sigmoid",
+    hnet_hidden=(10, 10), hnet_activation="sigmoid", chunk_size=141, task_emb_dim=2, chunk_emb_dim=0,
+    hnet_init="xavier", beta=0.005, lr=0.01, iters=4000, batch_size=32)
 PRESETS["split_digits"] = dict(
     benchmark="split_digits", num_tasks=5, target_hidden=(100, 100), hnet_hidden=(25, 25),
     chunk_size=2000, task_emb_dim=24, chunk_emb_dim=8, beta=0.05, lr=1e-3, iters=300, batch_size=64, hnet_activation="elu")

@@ -25,7 +25,7 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 @dataclass
 class Split:
     rows: torch.Tensor  # indices into the stored images
-    labels: torch.Tensor  # task-local labels (0..classes_per_task-1)
+    labels: torch.Tensor  # task-local labels (0..classes_per_task-1); regression: real targets
 
 
 @dataclass
@@ -145,6 +145,35 @@ def _split_train_val(rows: torch.Tensor, labels: torch.Tensor, val_fraction: flo
     return Split(rows[train], labels[train]), Split(rows[val], labels[val])
 
 
+# Fig. 2's tasks (App. C; the extracted text lost the formulas, these are the figure's: cubic, parabola,
+# cubic on disjoint intervals): (function, input interval). Noise and sample counts are our choice.
+POLYNOMIAL_TASKS = ((lambda x: (x + 3) ** 3, (-4.0, -2.0)), (lambda x: 2 * x ** 2 - 1, (-1.0, 1.0)),
+                    (lambda x: (x - 3) ** 3, (2.0, 4.0)))
+POLYNOMIAL_TRAIN, POLYNOMIAL_TEST, POLYNOMIAL_NOISE = 20, 50, 0.05
+
+
+def polynomial_benchmark(cfg: TrainConfig, device: torch.device | str = "cpu") -> Benchmark:
+    """regression_1d: per task, 20 training inputs drawn uniformly from its interval with targets
+    f(x) + N(0, 0.05²) (seeded by ``cfg.data_seed``), and 50 evenly spaced noiseless test points."""
+    g = torch.Generator().manual_seed(cfg.data_seed)
+    xs, ys, tasks, offset = {"train": [], "test": []}, {"train": [], "test": []}, [], {"train": 0, "test": 0}
+    for t in range(cfg.num_tasks):
+        f, (low, high) = POLYNOMIAL_TASKS[t]
+        x = {"train": low + (high - low) * torch.rand(POLYNOMIAL_TRAIN, generator=g),
+             "test": torch.linspace(low, high, POLYNOMIAL_TEST)}
+        y = {"train": f(x["train"]) + POLYNOMIAL_NOISE * torch.randn(POLYNOMIAL_TRAIN, generator=g), "test": f(x["test"])}
+        rows = {}
+        for part in xs:
+            xs[part].append(x[part])
+            ys[part].append(y[part])
+            rows[part] = torch.arange(offset[part], offset[part] + len(x[part]), device=device)
+            offset[part] += len(x[part])
+        train, val = _split_train_val(rows["train"], ys["train"][-1].to(device), cfg.val_fraction, cfg.data_seed + t)
+        tasks.append(Task(train=train, val=val, test=Split(rows["test"], ys["test"][-1].to(device)), permutation=None))
+    images = {part: torch.cat(xs[part])[:, None].to(device) for part in xs}
+    return Benchmark(cfg.benchmark, images, 1.0, tasks)
+
+
 def load_benchmark(cfg: TrainConfig, device: torch.device | str = "cpu", data_root: str = "data") -> Benchmark:
     """Build the benchmark of ``cfg`` from the files under ``data_root``, all tensors on ``device``.
 
@@ -153,6 +182,8 @@ def load_benchmark(cfg: TrainConfig, device: torch.device | str = "cpu", data_ro
     Split: task t holds classes 2t and 2t+1, relabelled 0/1.
     """
     spec = cfg.spec
+    if spec.dataset == "polynomials":
+        return polynomial_benchmark(cfg, device)
     raw = raw_dataset(spec.dataset, data_root)
     permuted = cfg.benchmark.startswith("permuted")
     scale = 1 / 16 if spec.dataset == "digits" else 1 / 255

@@ -34,10 +34,17 @@ class Scenario:
     name: str  # cl1 | cl2 | cl3
     classes_per_task: int
     weights_per_task: bool  # a hypernetwork (one weight set per task), or a target trained directly (one set)
+    regression: bool = False  # one real output, MSE (regression_1d; cl1 only)
 
     @classmethod
     def of(cls, cfg: TrainConfig) -> "Scenario":
-        return cls(cfg.scenario, cfg.spec.classes_per_task, cfg.generated_classifier)
+        return cls(cfg.scenario, cfg.spec.classes_per_task, cfg.generated_classifier, cfg.spec.regression)
+
+    def train_loss(self, logits: torch.Tensor, labels: torch.Tensor, task: int, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy against the training labels (optionally smoothed), or MSE for a regression."""
+        if self.regression:
+            return F.mse_loss(logits[:, 0], labels)
+        return F.cross_entropy(logits, self.train_labels(labels, task), label_smoothing=label_smoothing)
 
     def scored_labels(self, labels: torch.Tensor, task: int) -> torch.Tensor:
         """Task-local labels -> the labels a model is scored against (global in cl3)."""
@@ -101,7 +108,8 @@ def infer_task(target, weights: torch.Tensor, x: torch.Tensor,
 @torch.no_grad()
 def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, seen: int, part: str,
              batch_size: int, task_classifier=None) -> tuple[list[float], float | None]:
-    """Accuracy (%) on tasks 0..seen-1 after learning ``seen`` tasks, and for HNET+ENT / HNET+TIR the
+    """Accuracy (%) on tasks 0..seen-1 after learning ``seen`` tasks (a regression: mean squared error), and
+    for HNET+ENT / HNET+TIR the
     share (%) of inputs whose task was inferred right. ``weights``: (seen, N), one row per task;
     ``task_classifier``: HNET+TIR's (x, seen) -> task."""
     scenario = Scenario.of(cfg)
@@ -112,6 +120,10 @@ def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, 
         for start in range(0, len(split.rows), batch_size):
             x = bench.inputs(t, part, split.rows[start:start + batch_size])
             y = scenario.scored_labels(split.labels[start:start + batch_size], t)
+            if scenario.regression:
+                out = scenario.train_logits(target, weights[t], x, t)[:, 0]
+                correct += (out - split.labels[start:start + batch_size]).square().sum().item()
+                continue
             if scenario.name == "cl1":
                 pred, task = scenario.train_logits(target, weights[t], x, t).argmax(1), None
             else:
@@ -119,6 +131,6 @@ def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, 
             correct += (pred == y).sum().item()
             if task is not None:
                 inferred += (task == t).sum().item()
-        accs.append(100.0 * correct / len(split.rows))
+        accs.append((1.0 if scenario.regression else 100.0) * correct / len(split.rows))
         total += len(split.rows)
     return accs, (100.0 * inferred / total if scenario.weights_per_task and scenario.name != "cl1" else None)

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .baselines import FISHER_SAMPLES, WeightPenalty, diagonal_fisher, task_log_probs
@@ -45,8 +44,7 @@ class Learner:
                   generator: torch.Generator) -> torch.Tensor:
         """The loss on the current task's batch (HNET+R adds its replay to it)."""
         logits = scenario.train_logits(target, self.weights(), x, self.task)
-        return F.cross_entropy(logits, scenario.train_labels(y, self.task),
-                               label_smoothing=label_smoothing(self.cfg.soft_target, logits.shape[1]))
+        return scenario.train_loss(logits, y, self.task, label_smoothing(self.cfg.soft_target, logits.shape[1]))
 
     def side_step(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """After the classifier's step: what else learns from the batch (the replay VAE of HNET+TIR/R)."""

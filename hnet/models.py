@@ -19,6 +19,7 @@ _ACTIVATIONS = {
     "relu": F.relu,
     "elu": F.elu,
     "leaky_relu": F.leaky_relu,
+    "sigmoid": torch.sigmoid,
 }
 
 
@@ -104,6 +105,8 @@ def activation_gain(activation: str) -> float:
         return torch.trapezoid(act(g * z) ** 2 * density, z).item()
 
     lo, hi = 0.5, 4.0  # moment(g) grows with g for every activation here
+    if moment(hi) < 1.0:  # bounded below 1 (sigmoid): no gain reaches it; Glorot's gain 1
+        return 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if moment(mid) < 1.0 else (lo, mid)

@@ -41,6 +41,7 @@ def result_dict(cfg: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
     tasks_done = state["next_task"]
     out = {
         "config": cfg.to_dict(),
+        "metric": "mse" if cfg.spec.regression else "accuracy",  # what acc_matrix and its summaries hold
         **count_weights(cfg).to_dict(),
         "tasks_done": tasks_done,
         "acc_matrix": state["acc_matrix"],

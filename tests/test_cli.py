@@ -61,6 +61,8 @@ def test_dry_run_without_hidden_layers():
     (["--method", "si", "--multi-head"], "multi_head is an option of a hypernetwork classifier"),
     (["--method", "hnet_r", "--multi-head"], "for method hnet_r the scenario decides the heads"),
     (["--replay-dec-hidden", ""], "replay_dec_hidden needs at least one layer"),
+    (["--preset", "regression_1d", "--scenario", "cl3"], "regression_1d is a regression: scenario cl1"),
+    (["--chunk-emb-dim", "0"], "chunk_emb_dim 0 needs one chunk"),
     (["--benchmark", "split_mnist", "--data-root", "DATA_MISSING"], "MNIST not found"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):
