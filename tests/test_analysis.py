@@ -83,7 +83,7 @@ def test_report_is_written_and_logged_to_the_parent_run(store, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (out / "report.md").read_text()
     assert "8 (4 completed, 4 failed" in text.replace("trials: ", "") and "![Fig. A7](fig_a7.png)" in text
-    assert "Pareto set" in text and "split_digits: best acc_after_mean" in text
+    assert "Pareto set" in text and "split_digits hnet cl1: best acc_after_mean" in text
     frame = load_trials("a", uri).query("status == 'completed'").set_index("trial_id")
     best = re.search(r"!\[accuracy matrix of (\w+)\]\(acc_matrix_\1\.png\)", text).group(1)
     assert frame.loc[best, "acc_after_mean"] == frame["acc_after_mean"].max()  # the default per-run view
