@@ -220,10 +220,6 @@ class TrainConfig(Fields):
               f"replay_hnet_hidden sizes must be positive integers, got {list(self.replay_hnet_hidden)}")
         _need(isinstance(self.chunk_emb_dim, int) and self.chunk_emb_dim >= 0,
               f"chunk_emb_dim must be a non-negative integer, got {self.chunk_emb_dim}")
-        if self.chunk_emb_dim == 0 and self.generated_classifier:  # without chunk embeddings all chunks are equal
-            from .counts import count_weights
-            _need(count_weights(self).num_chunks == 1,
-                  "chunk_emb_dim 0 needs one chunk: a chunk_size of at least the target's weights")
         if spec.regression:
             _need(self.scenario == "cl1" and self.method in ("hnet", "finetune"),
                   f"{self.benchmark} is a regression: scenario cl1 with method hnet or finetune only")

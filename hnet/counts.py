@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 
 REPLAY_CONDITION_DIM = 100  # the fixed random input per task the replay decoder gets beside its latent (App. C)
@@ -69,7 +69,8 @@ def replay_layer_sizes(cfg: TrainConfig) -> tuple[list[int], list[int]]:
 
 
 def count_weights(cfg: TrainConfig) -> WeightCounts:
-    """Analytic weight counts: no allocation, so sweeps can filter architectures cheaply."""
+    """Analytic weight counts: no allocation, so sweeps can filter architectures cheaply. Raises
+    ConfigError for a chunking that cannot work (chunk_emb_dim 0 with several chunks)."""
     outputs, heads = cfg.heads()
     target = _linear_stack_weights([cfg.spec.input_dim, *cfg.target_hidden]) + \
         _linear_stack_weights([cfg.target_hidden[-1], outputs * heads])
@@ -84,4 +85,6 @@ def count_weights(cfg: TrainConfig) -> WeightCounts:
     if not cfg.generated_classifier:  # the target network's own weights are trained: nothing compressed
         return WeightCounts(target, target, 0, 0, **replay)
     hnet, num_chunks = _hypernetwork_weights(cfg, target)
+    if cfg.chunk_emb_dim == 0 and num_chunks > 1:  # without chunk embeddings every chunk would be the same
+        raise ConfigError("chunk_emb_dim 0 needs one chunk: a chunk_size of at least the target's weights")
     return WeightCounts(target, hnet, cfg.num_tasks * cfg.task_emb_dim, num_chunks, **replay)

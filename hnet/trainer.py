@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .config import Runtime, TrainConfig
+from .counts import count_weights
 from .data import Benchmark, load_benchmark
 from .evaluation import Scenario, evaluate
 from .graphs import CapturedStep
@@ -55,6 +56,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
     and an existing file, training continues after the last task it holds.
     """
     cfg.validate()
+    count_weights(cfg)  # also refuses a chunking that cannot work, before anything is built
     runtime = (runtime or Runtime()).validate()
     device = prepare_device(runtime)
     bench = bench or load_benchmark(cfg, device, runtime.data_root)
