@@ -108,9 +108,8 @@ def infer_task(target, weights: torch.Tensor, x: torch.Tensor,
 @torch.no_grad()
 def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, seen: int, part: str,
              batch_size: int, task_classifier=None) -> tuple[list[float], float | None]:
-    """Accuracy (%) on tasks 0..seen-1 after learning ``seen`` tasks (a regression: mean squared error), and
-    for HNET+ENT / HNET+TIR the
-    share (%) of inputs whose task was inferred right. ``weights``: (seen, N), one row per task;
+    """Accuracy (%) on tasks 0..seen-1 after learning ``seen`` tasks (a regression: mean squared error),
+    and for HNET+ENT / HNET+TIR the share (%) of inputs whose task was inferred right. ``weights``: (seen, N), one row per task;
     ``task_classifier``: HNET+TIR's (x, seen) -> task."""
     scenario = Scenario.of(cfg)
     accs, inferred, total = [], 0, 0
@@ -121,8 +120,7 @@ def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, 
             x = bench.inputs(t, part, split.rows[start:start + batch_size])
             y = scenario.scored_labels(split.labels[start:start + batch_size], t)
             if scenario.regression:
-                out = scenario.train_logits(target, weights[t], x, t)[:, 0]
-                correct += (out - split.labels[start:start + batch_size]).square().sum().item()
+                correct += (scenario.train_logits(target, weights[t], x, t)[:, 0] - y).square().sum().item()
                 continue
             if scenario.name == "cl1":
                 pred, task = scenario.train_logits(target, weights[t], x, t).argmax(1), None

@@ -67,7 +67,6 @@ class HypernetLearner(Learner):
         """The current task's target weights (padded to whole chunks)."""
         return self.hnet(self.embedding[None], padded=True)[0]
 
-
     def penalty_backward(self, optimizer: torch.optim.Adam, generator: torch.Generator) -> torch.Tensor | None:
         """After the task loss's backward: Eq. 2 at Θ + ΔΘ (ΔΘ: Adam's step on the task loss alone),
         its gradient β·∇ added; returns the regularizer (without β)."""

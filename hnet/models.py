@@ -237,8 +237,13 @@ def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[
     torch.manual_seed(cfg.seed)
     if not cfg.generated_classifier:
         return target, TargetWeights(target).to(device)
-    hnet = ChunkedHypernetwork(num_weights(target), cfg.num_tasks, cfg.chunk_size, cfg.hnet_hidden,
+    return target, build_hypernetwork(cfg, target).to(device)
+
+
+def build_hypernetwork(cfg: TrainConfig, target: MLP) -> ChunkedHypernetwork:
+    """The chunked hypernetwork ``cfg`` describes, generating every weight of ``target`` (the classifier,
+    or the replay VAE's decoder with ``cfg.replay_hnet_config()``)."""
+    return ChunkedHypernetwork(num_weights(target), cfg.num_tasks, cfg.chunk_size, cfg.hnet_hidden,
                                cfg.hnet_activation, cfg.task_emb_dim, cfg.chunk_emb_dim, cfg.hnet_init,
-                               cfg.hnet_emb_std, fan_in_variances(target, cfg.target_activation),
+                               cfg.hnet_emb_std, fan_in_variances(target, target.activation),
                                max(p.shape[1] for p in target.parameters() if p.dim() == 2))
-    return target, hnet.to(device)

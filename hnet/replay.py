@@ -40,7 +40,7 @@ from .counts import REPLAY_CONDITION_DIM, replay_layer_sizes
 from .data import Benchmark
 from .evaluation import Scenario
 from .learners import HypernetLearner, PenaltyLearner
-from .models import MLP, ChunkedHypernetwork, TargetWeights, fan_in_variances, num_weights, target_forward
+from .models import MLP, ChunkedHypernetwork, TargetWeights, build_hypernetwork, num_weights, target_forward
 
 DISTILL_TEMPERATURE = 2.0
 
@@ -57,10 +57,7 @@ class ReplayVAE(nn.Module):
         with torch.device("meta"):  # weights always come from the hypernetwork; not a submodule (no state)
             self.__dict__["decoder"] = MLP(dec[0], tuple(dec[1:-1]), dec[-1])
         hcfg = cfg.replay_hnet_config()
-        hnet = ChunkedHypernetwork(num_weights(self.decoder), cfg.num_tasks, hcfg.chunk_size, hcfg.hnet_hidden,
-                                   hcfg.hnet_activation, hcfg.task_emb_dim, hcfg.chunk_emb_dim, hcfg.hnet_init,
-                                   hcfg.hnet_emb_std, fan_in_variances(self.decoder, "relu"), max(dec[:-1]))
-        self.hnet = hnet
+        self.hnet = build_hypernetwork(hcfg, self.decoder)
         self.register_buffer("conditions", torch.randn(cfg.num_tasks, REPLAY_CONDITION_DIM))
         self.to(device)
         self.protector = HypernetLearner(hcfg, self.hnet, reg_form)  # Eq. 2 on the decoder's hypernetwork

@@ -2,8 +2,8 @@
 
 ``train`` is one loop for every method; what differs between methods lives in their learner
 (``hnet.learners``: the hypernetwork with Eq. 2, or the target's own weights with a weight
-penalty; ``hnet.replay``: those two with a replay VAE trained beside them). It knows nothing of Ray or MLflow: progress, Tune reports, MLflow logging and
-diagnostics are ``Callback``s. A checkpoint written at every task boundary holds everything
+penalty; ``hnet.replay``: those two with a replay VAE trained beside them). It knows nothing of
+Ray or MLflow: progress, Tune reports, MLflow logging and diagnostics are ``Callback``s. A checkpoint written at every task boundary holds everything
 needed to continue with the next task; resuming gives the same result as an uninterrupted run.
 """
 from __future__ import annotations
