@@ -53,6 +53,23 @@ def _linear_stack_weights(dims: list[int]) -> int:
     return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
 
 
+def _conv_weights(c_in: int, c_out: int, k: int = 3) -> int:
+    return c_in * c_out * k * k + c_out
+
+
+def target_weight_count(cfg: TrainConfig) -> int:
+    """Weights of ``cfg``'s target network (hnet/models.py builds the same; a test checks it)."""
+    outputs, heads = cfg.heads()
+    if cfg.target_arch == "zenke":  # four 3x3 convolutions, dense 2,304 -> 512, heads
+        convs = sum(_conv_weights(a, b) for a, b in ((3, 32), (32, 32), (32, 64), (64, 64)))
+        return convs + _linear_stack_weights([64 * 6 * 6, 512, outputs * heads])
+    if cfg.target_arch == "resnet32":  # stem, 3 stages x 5 blocks x 2 convolutions, each with a batch norm (2c)
+        layers = [(3, 16)] + [(16, 16)] * 10 + [(16, 32)] + [(32, 32)] * 9 + [(32, 64)] + [(64, 64)] * 9
+        return sum(_conv_weights(a, b) + 2 * b for a, b in layers) + _linear_stack_weights([64, outputs * heads])
+    return _linear_stack_weights([cfg.spec.input_dim, *cfg.target_hidden]) + \
+        _linear_stack_weights([cfg.target_hidden[-1], outputs * heads])
+
+
 def _hypernetwork_weights(cfg: TrainConfig, outputs: int) -> tuple[int, int]:
     """(Θ with chunk embeddings, number of chunks) of ``cfg``'s hypernetwork generating ``outputs`` weights."""
     num_chunks = math.ceil(outputs / cfg.chunk_size)
@@ -71,9 +88,7 @@ def replay_layer_sizes(cfg: TrainConfig) -> tuple[list[int], list[int]]:
 def count_weights(cfg: TrainConfig) -> WeightCounts:
     """Analytic weight counts: no allocation, so sweeps can filter architectures cheaply. Raises
     ConfigError for a chunking that cannot work (chunk_emb_dim 0 with several chunks)."""
-    outputs, heads = cfg.heads()
-    target = _linear_stack_weights([cfg.spec.input_dim, *cfg.target_hidden]) + \
-        _linear_stack_weights([cfg.target_hidden[-1], outputs * heads])
+    target = target_weight_count(cfg)
     replay = {}
     if cfg.uses_replay:
         encoder, decoder = map(_linear_stack_weights, replay_layer_sizes(cfg))

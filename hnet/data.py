@@ -64,14 +64,23 @@ class Benchmark:
 
 # ---- raw datasets ---------------------------------------------------------------------------
 
+# torchvision's dataset class and where it keeps its files (what the missing-data error names)
+_TORCHVISION = {"mnist": ("MNIST", "MNIST/raw", ", ".join(MNIST_FILES)),
+                "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", ", ".join(MNIST_FILES)),
+                "cifar10": ("CIFAR10", "cifar-10-batches-py", "data_batch_1..5, test_batch"),
+                "cifar100": ("CIFAR100", "cifar-100-python", "train, test")}
+
+
 def _torchvision_dataset(name: str, root: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One torchvision dataset as uint8 rows (N, D) (CIFAR: channels first) and labels; downloaded when missing."""
     import torchvision
 
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
-    folder = Path(root) / cls.__name__ / "raw"
+    class_name, subfolder, expected = _TORCHVISION[name]
+    cls = getattr(torchvision.datasets, class_name)
+    folder = Path(root) / subfolder
     missing = [p for p in (folder, *folder.parents) if not p.exists()]  # what a download would create
     out = {}
-    with _dataset_lock(Path(root), cls.__name__):  # one download per machine, however many trials start at once
+    with _dataset_lock(Path(root), class_name):  # one download per machine, however many trials start at once
         for part, train in (("train", True), ("test", False)):
             try:
                 ds = cls(root, train=train, download=True)
@@ -79,10 +88,20 @@ def _torchvision_dataset(name: str, root: str) -> dict[str, tuple[torch.Tensor, 
                 if missing:  # leave nothing behind that the failed download created
                     shutil.rmtree(missing[-1], ignore_errors=True)
                 first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise DataError(f"{cls.__name__} not found in {folder} (expected {', '.join(MNIST_FILES)}) "
+                raise DataError(f"{class_name} not found in {folder} (expected {expected}) "
                                 f"and download failed: {first_line}") from None
-            out[part] = (ds.data.reshape(len(ds.data), -1), ds.targets.long())
+            images = torch.as_tensor(ds.data)
+            if images.dim() == 4:  # CIFAR: (N, 32, 32, 3) -> channels first, as the convolutions read it
+                images = images.permute(0, 3, 1, 2)
+            out[part] = (images.reshape(len(images), -1).contiguous(), torch.as_tensor(ds.targets).long())
     return out
+
+
+def _split_cifar(root: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """CIFAR-10 and CIFAR-100 in one store: labels 0-9 are CIFAR-10's, 10-109 CIFAR-100's (+10)."""
+    cifar10, cifar100 = _torchvision_dataset("cifar10", root), _torchvision_dataset("cifar100", root)
+    return {part: (torch.cat([cifar10[part][0], cifar100[part][0]]), torch.cat([cifar10[part][1], cifar100[part][1] + 10]))
+            for part in ("train", "test")}
 
 
 @contextlib.contextmanager
@@ -130,7 +149,8 @@ def raw_dataset(name: str, root: str) -> dict[str, tuple[torch.Tensor, torch.Ten
     """Load once per process (sweep workers reuse it across trials and tasks)."""
     key = (name, str(Path(root).resolve()) if name != "digits" else "")
     if key not in _RAW_CACHE:
-        _RAW_CACHE[key] = _digits() if name == "digits" else _torchvision_dataset(name, root)
+        loader = {"digits": lambda _: _digits(), "cifar10_100": _split_cifar}.get(name, lambda r: _torchvision_dataset(name, r))
+        _RAW_CACHE[key] = loader(root)
     return _RAW_CACHE[key]
 
 
@@ -179,7 +199,8 @@ def load_benchmark(cfg: TrainConfig, device: torch.device | str = "cpu", data_ro
 
     Permuted: task 0 is the plain dataset, task t > 0 a fixed random pixel permutation
     (seeded by ``cfg.data_seed``); MNIST-sized images are zero-padded to 32x32.
-    Split: task t holds classes 2t and 2t+1, relabelled 0/1.
+    Split: task t holds the classes k·t .. k·t+k-1 (k classes per task), relabelled 0..k-1 (SplitMNIST: 2t
+    and 2t+1; split_cifar: CIFAR-10, then ten CIFAR-100 classes per task).
     """
     spec = cfg.spec
     if spec.dataset == "polynomials":
@@ -205,9 +226,9 @@ def load_benchmark(cfg: TrainConfig, device: torch.device | str = "cpu", data_ro
             task_labels = dict(labels)
         else:
             perm = None
-            classes = torch.tensor([2 * t, 2 * t + 1], device=device)
-            select = {part: torch.nonzero(torch.isin(y, classes)).flatten() for part, y in labels.items()}
-            task_labels = {part: labels[part][rows] - 2 * t for part, rows in select.items()}
+            k = spec.classes_per_task
+            select = {part: torch.nonzero((y >= k * t) & (y < k * (t + 1))).flatten() for part, y in labels.items()}
+            task_labels = {part: labels[part][rows] - k * t for part, rows in select.items()}
         train, val = _split_train_val(select["train"], task_labels["train"], cfg.val_fraction, cfg.data_seed + t)
         tasks.append(Task(train=train, val=val, test=Split(select["test"], task_labels["test"]), permutation=perm))
     return Benchmark(cfg.benchmark, images, scale, tasks)

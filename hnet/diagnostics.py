@@ -2,7 +2,8 @@
 
 ``DeadUnits``: the init diagnostic of docs/init.md, the share of the target's first-layer units
 that no input of a training batch of the first task activates (a dead ReLU gets no gradient),
-with the weights learned after ``at`` iterations, on the batch of that iteration.
+with the weights learned after ``at`` iterations, on the batch of that iteration (fully connected
+targets only).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from .config import TrainConfig
 from .data import Benchmark
+from .models import MLP
 from .trainer import Callback, task_generator
 
 
@@ -38,7 +40,7 @@ class DeadUnits(Callback):
 
     @torch.no_grad()
     def on_iteration(self, task, iteration, loss_task, loss_reg) -> None:
-        if task != 0 or iteration + 1 != min(self.at, self.cfg.iters):
+        if task != 0 or iteration + 1 != min(self.at, self.cfg.iters) or not isinstance(self.target, MLP):
             return
         weights = self.learner.weights()
         # the batch training saw at this iteration, drawn again from a copy of task 0's stream (training's is untouched)

@@ -2,7 +2,7 @@
 
 The split follows hypnettorch: a target network is an ordinary ``nn.Module``; its weights
 come from outside as one flat vector (``target_forward``). The hypernetwork only knows how
-many weights to produce, so other targets (ResNet-32, ZenkeNet) plug in unchanged. The
+many weights to produce, so the convolutional targets (ZenkeNet, ResNet-32) plug in unchanged. The
 baselines (fine-tuning, EWC, SI) learn the target's weights directly: ``TargetWeights``.
 """
 from __future__ import annotations
@@ -44,10 +44,120 @@ class MLP(nn.Module):
         act = _ACTIVATIONS[self.activation]
         for layer in self.layers:
             x = act(layer(x))
-        logits = self.head(x)
-        if self.num_heads > 1 and task is not None:
-            logits = logits[:, task * self.output_dim:(task + 1) * self.output_dim]
-        return logits
+        return select_head(self.head(x), task, self.output_dim, self.num_heads)
+
+
+def select_head(logits: torch.Tensor, task: int | None, output_dim: int, num_heads: int) -> torch.Tensor:
+    """The columns of ``task``'s head (all heads side by side for ``task=None`` or a single head)."""
+    if num_heads > 1 and task is not None:
+        return logits[:, task * output_dim:(task + 1) * output_dim]
+    return logits
+
+
+class TaskBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are ordinary (generated) parameters and whose running statistics
+    are kept per task: App. C checkpoints them after every task; here task t's row is only ever updated
+    while task t is trained (one row for a target trained directly: its statistics are shared, as the
+    paper's fine-tuning). Training uses the batch's statistics, evaluation task t's running ones."""
+
+    def __init__(self, channels: int, stat_sets: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.channels, self.stat_sets = channels, stat_sets
+        self.register_buffer("running_mean", torch.zeros(stat_sets, channels))
+        self.register_buffer("running_var", torch.ones(stat_sets, channels))
+
+    def reset_stats(self, device: torch.device | str) -> None:
+        """Real statistics buffers (the target is built on the meta device: its parameters come from outside)."""
+        self.running_mean = torch.zeros(self.stat_sets, self.channels, device=device)
+        self.running_var = torch.ones(self.stat_sets, self.channels, device=device)
+
+    def forward(self, x: torch.Tensor, task: int | None) -> torch.Tensor:
+        if self.stat_sets > 1 and task is None:
+            raise ValueError("per-task batch-norm statistics need the task (convolutional targets run in cl1)")
+        row = task if self.stat_sets > 1 else 0
+        return F.batch_norm(x, self.running_mean[row], self.running_var[row], self.weight, self.bias,
+                            self.training, momentum=0.1, eps=1e-5)
+
+
+class ZenkeNet(nn.Module):
+    """The CIFAR network of Zenke et al. (2017), as App. D reproduces it: two blocks of two 3x3 convolutions
+    (32, 32 / 64, 64 channels; the first of each padded, the second not) with 2x2 max-pooling and dropout 0.25,
+    a dense layer of 512 with dropout 0.5, one 10-way head per task (1,276,508 weights for 6 tasks)."""
+
+    def __init__(self, output_dim: int, num_heads: int = 1) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3),
+                                    nn.Conv2d(32, 64, 3, padding=1), nn.Conv2d(64, 64, 3)])
+        self.dense = nn.Linear(64 * 6 * 6, 512)
+        self.head = nn.Linear(512, output_dim * num_heads)
+        self.activation, self.output_dim, self.num_heads = "relu", output_dim, num_heads
+
+    def forward(self, x: torch.Tensor, task: int | None = 0) -> torch.Tensor:
+        x = x.view(len(x), 3, 32, 32)
+        for i in (0, 2):
+            x = F.max_pool2d(F.relu(self.convs[i + 1](F.relu(self.convs[i](x)))), 2)
+            x = F.dropout(x, 0.25, self.training)
+        x = F.dropout(F.relu(self.dense(x.flatten(1))), 0.5, self.training)
+        return select_head(self.head(x), task, self.output_dim, self.num_heads)
+
+
+class ResNet32(nn.Module):
+    """ResNet-32 for CIFAR (He et al. 2016): a 3x3 convolution to 16 channels, three stages of five basic
+    blocks (16, 32, 64 channels; stride 2 and zero-padded identity shortcuts where the size changes), global
+    average pooling, one 10-way head per task. Convolutions carry biases and every batch norm its scale and
+    shift, all generated: 468,540 weights for 6 tasks, App. C's count."""
+
+    def __init__(self, output_dim: int, num_heads: int = 1, stat_sets: int = 1) -> None:
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(3, 16, 3, padding=1), TaskBatchNorm(16, stat_sets)
+        convs, norms, self.strides = [], [], []
+        channels = 16
+        for width in (16, 32, 64):
+            for block in range(5):
+                stride = 2 if block == 0 and width != 16 else 1
+                convs += [nn.Conv2d(channels, width, 3, stride, 1), nn.Conv2d(width, width, 3, 1, 1)]
+                norms += [TaskBatchNorm(width, stat_sets), TaskBatchNorm(width, stat_sets)]
+                self.strides.append(stride)
+                channels = width
+        self.convs, self.norms = nn.ModuleList(convs), nn.ModuleList(norms)
+        self.head = nn.Linear(64, output_dim * num_heads)
+        self.activation, self.output_dim, self.num_heads = "relu", output_dim, num_heads
+
+    def forward(self, x: torch.Tensor, task: int | None = 0) -> torch.Tensor:
+        x = F.relu(self.stem_bn(self.stem(x.view(len(x), 3, 32, 32)), task))
+        for b, stride in enumerate(self.strides):
+            conv1, conv2, bn1, bn2 = self.convs[2 * b], self.convs[2 * b + 1], self.norms[2 * b], self.norms[2 * b + 1]
+            out = bn2(conv2(F.relu(bn1(conv1(x), task))), task)
+            shortcut = x
+            if stride != 1:  # option A: subsample, zero-pad the new channels (no weights)
+                shortcut = x[:, :, ::2, ::2]
+                shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, out.shape[1] - shortcut.shape[1]))
+            x = F.relu(out + shortcut)
+        return select_head(self.head(x.mean((2, 3))), task, self.output_dim, self.num_heads)
+
+
+def build_target(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """``cfg``'s target network, parameters on the meta device (they always come from outside), batch-norm
+    statistics on ``device``: one set per task for a hypernetwork, one shared set for a target trained directly."""
+    outputs, heads = cfg.heads()
+    with torch.device("meta"):
+        if cfg.target_arch == "zenke":
+            target = ZenkeNet(outputs, heads)
+        elif cfg.target_arch == "resnet32":
+            target = ResNet32(outputs, heads, cfg.num_tasks if cfg.generated_classifier else 1)
+        else:
+            target = MLP(cfg.spec.input_dim, cfg.target_hidden, outputs, cfg.target_activation, num_heads=heads)
+    for module in target.modules():
+        if isinstance(module, TaskBatchNorm):
+            module.reset_stats(device)
+    return target
+
+
+def fan_in(p: torch.Tensor) -> int:
+    """Inputs feeding one output of a weight (out, in) or convolution kernel (out, in, kh, kw)."""
+    return math.prod(p.shape[1:])
 
 
 def num_weights(module: nn.Module) -> int:
@@ -81,16 +191,16 @@ def fan_in_variances(target: nn.Module, activation: str) -> torch.Tensor:
     PyTorch's default 1/(3·in), kept non-zero so that no chunk of biases starts (and stays) at 0.
     """
     params = list(target.parameters())
-    last_weight = max(i for i, p in enumerate(params) if p.dim() == 2)
+    last_weight = max(i for i, p in enumerate(params) if p.dim() >= 2)
     hidden_gain2 = activation_gain(activation) ** 2
-    pieces, fan_in = [], 1
+    pieces, inputs = [], 1
     for i, p in enumerate(params):
-        if p.dim() == 2:
-            fan_in = p.shape[1]
+        if p.dim() >= 2:  # a weight matrix or convolution kernel
+            inputs = fan_in(p)
             gain2 = 1.0 if i == last_weight else hidden_gain2
-            pieces.append(torch.full((p.numel(),), gain2 / fan_in))
-        else:
-            pieces.append(torch.full((p.numel(),), 1 / (3 * fan_in)))
+            pieces.append(torch.full((p.numel(),), gain2 / inputs))
+        else:  # a bias (or a batch norm's scale and shift): that of the layer before
+            pieces.append(torch.full((p.numel(),), 1 / (3 * inputs)))
     return torch.cat(pieces)
 
 
@@ -218,32 +328,35 @@ class TargetWeights(nn.Module):
 
     def __init__(self, target: nn.Module) -> None:
         super().__init__()
-        pieces = []
-        for name, p in target.named_parameters():  # nn.Linear's default: U(±1/sqrt(fan_in)) for weight and bias
-            fan_in = p.shape[1] if p.dim() == 2 else pieces[-1].shape[1]
-            pieces.append(torch.empty(p.shape).uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)))
+        pieces, inputs = [], 1
+        for name, p in target.named_parameters():
+            owner = target.get_submodule(name.rpartition(".")[0])
+            if isinstance(owner, TaskBatchNorm):  # PyTorch's batch-norm default: scale 1, shift 0
+                pieces.append(torch.full(p.shape, 1.0 if name.endswith("weight") else 0.0))
+                continue
+            # nn.Linear's and nn.Conv2d's default: U(±1/sqrt(fan_in)) for weight and bias
+            inputs = fan_in(p) if p.dim() >= 2 else inputs
+            pieces.append(torch.empty(p.shape).uniform_(-1 / math.sqrt(inputs), 1 / math.sqrt(inputs)))
         self.weights = nn.Parameter(torch.cat([piece.reshape(-1) for piece in pieces]))
 
 
-def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[MLP, "ChunkedHypernetwork | TargetWeights"]:
-    """The target (on the meta device: its weights always come from outside) and what learns them:
+def build_models(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, "ChunkedHypernetwork | TargetWeights"]:
+    """The target (``build_target``: its weights always come from outside) and what learns them:
     the hypernetwork, or for the baselines the target's own weights (``TargetWeights``).
 
     Both are initialised from ``cfg.seed``.
     """
-    outputs, heads = cfg.heads()
-    with torch.device("meta"):
-        target = MLP(cfg.spec.input_dim, cfg.target_hidden, outputs, cfg.target_activation, num_heads=heads)
+    target = build_target(cfg, device)
     torch.manual_seed(cfg.seed)
     if not cfg.generated_classifier:
         return target, TargetWeights(target).to(device)
     return target, build_hypernetwork(cfg, target).to(device)
 
 
-def build_hypernetwork(cfg: TrainConfig, target: MLP) -> ChunkedHypernetwork:
+def build_hypernetwork(cfg: TrainConfig, target: nn.Module) -> ChunkedHypernetwork:
     """The chunked hypernetwork ``cfg`` describes, generating every weight of ``target`` (the classifier,
     or the replay VAE's decoder with ``cfg.replay_hnet_config()``)."""
     return ChunkedHypernetwork(num_weights(target), cfg.num_tasks, cfg.chunk_size, cfg.hnet_hidden,
                                cfg.hnet_activation, cfg.task_emb_dim, cfg.chunk_emb_dim, cfg.hnet_init,
                                cfg.hnet_emb_std, fan_in_variances(target, target.activation),
-                               max(p.shape[1] for p in target.parameters() if p.dim() == 2))
+                               max(fan_in(p) for p in target.parameters() if p.dim() >= 2))

@@ -65,7 +65,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
     state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": [], "task_inference_acc": None,
              "extra": {}}
     if resume and checkpoint and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, cfg, learner, state, device)
+        state = load_checkpoint(checkpoint, cfg, target, learner, state, device)
     for cb in callbacks:
         cb.on_models(target, learner, bench)
 
@@ -87,6 +87,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
             return loss_task, loss_reg
 
         step = CapturedStep(step) if graphed else step
+        target.train()  # dropout on, batch norm on the batch's statistics (updating this task's running ones)
         for it in range(cfg.iters):
             x, y = next(batches)
             loss_task, loss_reg = step(x, y)
@@ -97,6 +98,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
                 cb.on_iteration(task, it, loss_task, loss_reg)
         if not math.isfinite(loss_task.item()):
             raise TrainingDiverged(f"loss is {loss_task.item()} at task {task}")
+        target.eval()
         learner.end_task(target, bench, generator)
 
         weights = learner.task_weights(task + 1)  # one row per task learned so far
@@ -111,7 +113,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         for cb in callbacks:
             state["extra"].update(cb.results())
         if checkpoint:
-            save_checkpoint(checkpoint, cfg, learner, state)
+            save_checkpoint(checkpoint, cfg, target, learner, state)
         for cb in callbacks:
             cb.on_task_end(task, result_dict(cfg, state), Path(checkpoint) if checkpoint else None)
     return result_dict(cfg, state)
@@ -186,21 +188,26 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 512 * 2**20)
 
 
-def save_checkpoint(path: str | os.PathLike, cfg: TrainConfig, learner, state: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike, cfg: TrainConfig, target: torch.nn.Module, learner,
+                    state: dict[str, Any]) -> None:
+    """The learner, the target's buffers (ResNet-32's per-task batch-norm statistics) and the trainer state."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": cfg.to_dict(), **learner.state_dict(), **state}, tmp)
+    buffers = {name: b.clone() for name, b in target.named_buffers()}
+    torch.save({"config": cfg.to_dict(), **learner.state_dict(), "target_buffers": buffers, **state}, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
 
 
-def load_checkpoint(path: str | os.PathLike, cfg: TrainConfig, learner, state: dict[str, Any],
-                    device: torch.device) -> dict[str, Any]:
-    """The learner restored from ``path``; returns the trainer state it holds."""
+def load_checkpoint(path: str | os.PathLike, cfg: TrainConfig, target: torch.nn.Module, learner,
+                    state: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The learner and the target's buffers restored from ``path``; returns the trainer state it holds."""
     saved = torch.load(path, map_location=device, weights_only=True)
     if TrainConfig.from_dict(saved["config"]).to_dict() != cfg.to_dict():  # fields it predates: defaults
         raise ValueError(f"checkpoint {path} was written for a different configuration")
     learner.load_state_dict(saved)
+    for name, saved_buffer in saved.get("target_buffers", {}).items():
+        target.get_buffer(name).copy_(saved_buffer)
     if saved.get("dead_units_first_layer") is not None:  # checkpoints before hnet.diagnostics kept it here
         saved["extra"] = {"dead_units_first_layer": saved["dead_units_first_layer"], **saved.get("extra", {})}
     return {k: saved.get(k, default) for k, default in state.items()}

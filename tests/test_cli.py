@@ -64,6 +64,9 @@ def test_dry_run_without_hidden_layers():
     (["--preset", "regression_1d", "--scenario", "cl3"], "regression_1d is a regression: scenario cl1"),
     (["--chunk-emb-dim", "0"], "chunk_emb_dim 0 needs one chunk"),
     (["--benchmark", "split_mnist", "--data-root", "DATA_MISSING"], "MNIST not found"),
+    (["--preset", "split_cifar_zenke", "--data-root", "DATA_MISSING"], "CIFAR10 not found"),
+    (["--target-arch", "zenke"], "target_arch zenke is for 32x32x3 images (split_cifar)"),
+    (["--preset", "split_cifar_resnet", "--scenario", "cl3"], "resnet32 keeps batch-norm statistics per task"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):
     args = [a.replace("DATA_MISSING", str(tmp_path / "nodata")) for a in args]
