@@ -49,6 +49,9 @@ class Learner:
     def side_step(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """After the classifier's step: what else learns from the batch (the replay VAE of HNET+TIR/R)."""
 
+    def before_step(self, generator: torch.Generator) -> None:
+        """Before the (possibly captured) step: random draws the step reads (the regularizer's task subset)."""
+
 
 class HypernetLearner(Learner):
     def __init__(self, cfg: TrainConfig, hnet: ChunkedHypernetwork, reg_form: str = "factored") -> None:
@@ -61,7 +64,15 @@ class HypernetLearner(Learner):
         self.task, self.theta, self.embedding = task, self.hnet.theta(), self.hnet.task_embs[task]
         self.regularize = self.cfg.beta > 0 and task > 0
         self.reg_targets = snapshot(self.hnet, task, self.reg_form) if self.regularize else None
+        # App. D: a random subset of K earlier tasks per step, drawn into this fixed tensor by before_step (outside a
+        # captured CUDA graph, which replays the step but no draw of a custom generator)
+        sampled = self.regularize and 0 < self.cfg.reg_subset < task
+        self.subset = torch.empty(self.cfg.reg_subset, dtype=torch.long, device=self.embedding.device) if sampled else None
         return [*self.theta.values(), self.embedding]
+
+    def before_step(self, generator: torch.Generator) -> None:
+        if self.subset is not None:
+            self.subset.copy_(torch.randperm(self.task, generator=generator, device=generator.device)[:self.subset.numel()])
 
     def weights(self) -> torch.Tensor:
         """The current task's target weights (padded to whole chunks)."""
@@ -73,10 +84,7 @@ class HypernetLearner(Learner):
         if not self.regularize:
             return None
         delta = adam_lookahead(optimizer, self.theta) if self.cfg.lookahead else None
-        subset = None
-        if 0 < self.cfg.reg_subset < self.task:  # App. D: a random subset of earlier tasks
-            subset = torch.randperm(self.task, generator=generator, device=generator.device)[:self.cfg.reg_subset]
-        loss = output_regularizer(self.hnet, self.reg_targets, delta, subset)
+        loss = output_regularizer(self.hnet, self.reg_targets, delta, self.subset)
         (self.cfg.beta * loss).backward()
         return loss
 

@@ -81,6 +81,7 @@ class ReplayVAE(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(x, generator)
         loss.backward()
+        self.protector.before_step(generator)
         self.protector.penalty_backward(self.optimizer, generator)
         self.optimizer.step()
         return loss

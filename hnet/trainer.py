@@ -90,6 +90,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         target.train()  # dropout on, batch norm on the batch's statistics (updating this task's running ones)
         for it in range(cfg.iters):
             x, y = next(batches)
+            learner.before_step(generator)  # the regularizer's random task subset (App. D), outside the graph
             loss_task, loss_reg = step(x, y)
             learner.side_step(x, generator)  # HNET+TIR / HNET+R: the replay VAE (and TIR's task classifier)
             if schedule:
@@ -150,9 +151,9 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], graphed: 
 
 
 def use_cuda_graph(cfg: TrainConfig, runtime: Runtime, device: torch.device) -> bool:
-    """Capture the step on GPUs; a random task subset per step (reg_subset) and replay sampling would need
-    their RNG in the graph."""
-    return runtime.cuda_graph and device.type == "cuda" and not 0 < cfg.reg_subset and not cfg.uses_replay
+    """Capture the step on GPUs (the regularizer's task subset is drawn before it, into a fixed tensor); not with
+    replay, whose sampling inside the step draws from the task's generator."""
+    return runtime.cuda_graph and device.type == "cuda" and not cfg.uses_replay
 
 
 def prepare_device(runtime: Runtime) -> torch.device:

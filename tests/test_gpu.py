@@ -11,12 +11,17 @@ from hnet.trainer import train
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.mark.parametrize("reg_form, lookahead, lr_schedule", [
-    ("factored", True, "constant"), ("direct", True, "constant"), ("direct", False, "constant"),
-    ("factored", True, "cosine")])  # cosine: the graph reads lr from a tensor the schedule refills
-def test_cuda_graph_step_matches_eager(reg_form, lookahead, lr_schedule):
-    cfg = TrainConfig(benchmark="split_digits", num_tasks=3, iters=60, batch_size=32, chunk_size=500,
-                      hnet_hidden=(10, 10), lookahead=lookahead, beta=0.05, lr_schedule=lr_schedule)
+@pytest.mark.parametrize("reg_form, lookahead, lr_schedule, reg_subset", [
+    ("factored", True, "constant", 0), ("direct", True, "constant", 0), ("direct", False, "constant", 0),
+    ("factored", True, "cosine", 0),  # cosine: the graph reads lr from a tensor the schedule refills
+    ("factored", True, "constant", 2), ("direct", True, "constant", 2)])  # subset: drawn outside, read inside
+def test_cuda_graph_step_matches_eager(reg_form, lookahead, lr_schedule, reg_subset):
+    from hnet.trainer import use_cuda_graph
+
+    cfg = TrainConfig(benchmark="split_digits", num_tasks=5 if reg_subset else 3, iters=60, batch_size=32,
+                      chunk_size=500, hnet_hidden=(10, 10), lookahead=lookahead, beta=0.05, lr_schedule=lr_schedule,
+                      reg_subset=reg_subset)
+    assert use_cuda_graph(cfg, Runtime(cuda_graph=True), torch.device("cuda"))
     eager = train(cfg, runtime=Runtime(device="cuda", reg_form=reg_form, cuda_graph=False))
     graphed = train(cfg, runtime=Runtime(device="cuda", reg_form=reg_form, cuda_graph=True))
     # Same iterations, same batches; only kernel launch differs, so accuracies agree up to float32
