@@ -39,8 +39,9 @@ class Task:
 class Benchmark:
     """A sequence of tasks over one image store (train and test images)."""
 
-    def __init__(self, name: str, images: dict[str, torch.Tensor], scale: float, tasks: list[Task]) -> None:
-        self.name, self.images, self.scale, self.tasks = name, images, scale, tasks
+    def __init__(self, name: str, images: dict[str, torch.Tensor], scale: float, tasks: list[Task],
+                 augment: bool = False) -> None:
+        self.name, self.images, self.scale, self.tasks, self.augment = name, images, scale, tasks, augment
 
     def inputs(self, task: int, part: str, rows: torch.Tensor) -> torch.Tensor:
         store = self.images["test" if part == "test" else "train"]
@@ -56,10 +57,25 @@ class Benchmark:
             order = torch.randperm(n, generator=generator, device=generator.device)
             for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
                 pick = order[start:start + batch_size]
-                yield self.inputs(task, "train", split.rows[pick]), split.labels[pick]
+                x = self.inputs(task, "train", split.rows[pick])
+                yield (flip_and_shift(x, generator) if self.augment else x), split.labels[pick]
 
     def eval_split(self, task: int, part: str) -> Split | None:
         return getattr(self.tasks[task], part)
+
+
+def flip_and_shift(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Standard CIFAR augmentation of a batch of 32x32x3 rows (channels first), on its device: each image
+    mirrored left-right with probability 1/2 and shifted by up to ``pad`` pixels each way (zeros fill in)."""
+    n = len(x)
+    images = F.pad(x.view(n, 3, 32, 32), (pad,) * 4)
+    flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator, device=generator.device)
+    grid = torch.arange(32, device=x.device)
+    cols = torch.where(flip[:, None], 31 - grid, grid) + dx  # (n, 32)
+    rows = grid + dy
+    out = images[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (n, 32, 32, 3)
+    return out.permute(0, 3, 1, 2).reshape(n, -1)
 
 
 # ---- raw datasets ---------------------------------------------------------------------------
@@ -231,4 +247,4 @@ def load_benchmark(cfg: TrainConfig, device: torch.device | str = "cpu", data_ro
             task_labels = {part: labels[part][rows] - k * t for part, rows in select.items()}
         train, val = _split_train_val(select["train"], task_labels["train"], cfg.val_fraction, cfg.data_seed + t)
         tasks.append(Task(train=train, val=val, test=Split(select["test"], task_labels["test"]), permutation=perm))
-    return Benchmark(cfg.benchmark, images, scale, tasks)
+    return Benchmark(cfg.benchmark, images, scale, tasks, augment=cfg.augment)

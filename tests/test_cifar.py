@@ -99,3 +99,20 @@ def test_fine_tuned_resnet_shares_its_statistics(cifar_root, tmp_path):
     result = train(cfg, checkpoint=tmp_path / "run.pt", runtime=Runtime(data_root=str(cifar_root), threads=1))
     assert len(result["acc_matrix"]) == 2 and result["target_weights"] == 464_640 + 2 * 650  # two 10-way heads
     assert torch.load(tmp_path / "run.pt", weights_only=True)["target_buffers"]["stem_bn.running_mean"].shape == (1, 16)
+
+
+def test_augmentation_mirrors_and_shifts_each_training_image():
+    """Every augmented image is its original, possibly mirrored, shifted by at most 4 pixels (zeros fill in);
+    both mirror states and several shifts occur."""
+    from hnet.data import flip_and_shift
+
+    x = torch.rand(16, 3 * 32 * 32) + 0.1  # no zeros: the padding is recognisable
+    out = flip_and_shift(x, torch.Generator().manual_seed(0)).view(16, 3, 32, 32)
+    seen = set()
+    for image, original in zip(out, x.view(16, 3, 32, 32)):
+        matches = [(flip, dy, dx) for flip in (False, True) for dy in range(9) for dx in range(9)
+                   if torch.equal(torch.nn.functional.pad(original.flip(-1) if flip else original, (4,) * 4)
+                                  [:, dy:dy + 32, dx:dx + 32], image)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert {flip for flip, _, _ in seen} == {False, True} and len(seen) > 8

@@ -66,6 +66,7 @@ def test_dry_run_without_hidden_layers():
     (["--benchmark", "split_mnist", "--data-root", "DATA_MISSING"], "MNIST not found"),
     (["--preset", "split_cifar_zenke", "--data-root", "DATA_MISSING"], "CIFAR10 not found"),
     (["--target-arch", "zenke"], "target_arch zenke is for 32x32x3 images (split_cifar)"),
+    (["--augment"], "augment is for 32x32x3 images"),
     (["--preset", "split_cifar_resnet", "--scenario", "cl3"], "resnet32 keeps batch-norm statistics per task"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):
