@@ -29,6 +29,7 @@ REPLAY_METHODS = ("hnet_tir", "hnet_r")
 REG_FORMS = ("auto", "factored", "direct")
 HNET_INITS = ("xavier_capped", "xavier")
 LR_SCHEDULES = ("constant", "cosine")
+REPLAY_MIXES = ("by_tasks", "equal")
 
 
 class UserError(Exception):
@@ -166,6 +167,9 @@ class TrainConfig(Fields):
     replay_task_emb_dim: int = option(24, "replay VAE: task embedding size of the decoder's hypernetwork")
     replay_chunk_emb_dim: int = option(8, "replay VAE: chunk embedding size of the decoder's hypernetwork")
     replay_beta: float = option(0.05, "replay VAE: β of Eq. 2 on the decoder's hypernetwork")
+    replay_mix: str = option("by_tasks", "weights of the current and the replayed loss: by_tasks (1/(t+1) and t/(t+1) "
+                                         "after t tasks, every task counts the same) or equal (1/2 each)", REPLAY_MIXES)
+    replay_temperature: float = option(2.0, "HNET+R: temperature of the distillation on replayed inputs")
     soft_target: float = option(1.0, "training target probability of the true class, the rest spread evenly over "
                                      "the other classes (1 = one-hot; App. D: 0.95 on the small target)")
     # optimisation
@@ -248,6 +252,8 @@ class TrainConfig(Fields):
         _need(self.reg_subset >= 0, f"reg_subset must be >= 0 (0 = all earlier tasks), got {self.reg_subset}")
         _need(math.isfinite(self.hnet_emb_std) and self.hnet_emb_std >= 0,
               f"hnet_emb_std must be >= 0 (0 = 1), got {self.hnet_emb_std}")
+        _need(math.isfinite(self.replay_temperature) and self.replay_temperature > 0,
+              f"replay_temperature must be > 0, got {self.replay_temperature}")
         for name in ("ewc_lambda", "si_c", "si_xi"):
             _need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                   f"{name} must be >= 0, got {getattr(self, name)}")

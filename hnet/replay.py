@@ -21,7 +21,7 @@ decoder call over all earlier tasks (``torch.func.vmap``), no loop over tasks.
   classifier predicts with the weights of the inferred task.
 * ``ReplayLearner`` (HNET+R): the classifier is the target network trained directly (as the
   baselines), on current data plus replay with soft targets from the classifier as it was
-  before the task (distillation at temperature 2, as van de Ven & Tolias' DGR+distill).
+  before the task (distillation at temperature `replay_temperature`, 2 as van de Ven & Tolias' DGR+distill).
 
 Current and replayed data weigh 1/(t+1) and t/(t+1) with t earlier tasks, so every task
 counts the same (van de Ven & Tolias).
@@ -41,8 +41,6 @@ from .data import Benchmark
 from .evaluation import Scenario
 from .learners import HypernetLearner, PenaltyLearner
 from .models import MLP, ChunkedHypernetwork, TargetWeights, build_hypernetwork, num_weights, target_forward
-
-DISTILL_TEMPERATURE = 2.0
 
 
 class ReplayVAE(nn.Module):
@@ -115,9 +113,12 @@ class ReplayVAE(nn.Module):
                 "replay_encoder_weights": num_weights(self.encoder)}
 
 
-def mix(current: torch.Tensor, replayed: torch.Tensor | None, earlier: int) -> torch.Tensor:
-    """Current and replayed losses weighted 1/(t+1) and t/(t+1): every task counts the same."""
-    return current if replayed is None else (current + earlier * replayed) / (earlier + 1)
+def mix(current: torch.Tensor, replayed: torch.Tensor | None, earlier: int, how: str = "by_tasks") -> torch.Tensor:
+    """Current and replayed losses weighted 1/(t+1) and t/(t+1) after t tasks (every task counts the same,
+    van de Ven & Tolias 2019), or equally."""
+    if replayed is None:
+        return current
+    return (current + replayed) / 2 if how == "equal" else (current + earlier * replayed) / (earlier + 1)
 
 
 class TaskInferenceLearner(HypernetLearner):
@@ -143,7 +144,7 @@ class TaskInferenceLearner(HypernetLearner):
             self.task_optimizer.zero_grad(set_to_none=True)
             logits = self.task_classifier(torch.cat([x, x_replay]))[:, :self.task + 1]  # growing softmax
             current = F.cross_entropy(logits[:len(x)], torch.full((len(x),), self.task, device=x.device))
-            mix(current, F.cross_entropy(logits[len(x):], t_replay), self.task).backward()
+            mix(current, F.cross_entropy(logits[len(x):], t_replay), self.task, self.cfg.replay_mix).backward()
             self.task_optimizer.step()
         self.replay.train_step(x, generator)
 
@@ -185,15 +186,16 @@ class ReplayLearner(PenaltyLearner):
         if not self.task:
             return current
         x_replay, t_replay = self.replay.sample(len(x), generator)
+        temperature = self.cfg.replay_temperature
         with torch.no_grad():
             soft = F.softmax(scenario.replay_logits(target, self.previous, x_replay, t_replay, self.task)
-                             / DISTILL_TEMPERATURE, dim=1)
+                             / temperature, dim=1)
         log_p = F.log_softmax(scenario.replay_logits(target, self.module.weights, x_replay, t_replay, self.task + 1)
-                              / DISTILL_TEMPERATURE, dim=1)
+                              / temperature, dim=1)
         # cl3: the old classifier knew the earlier tasks' classes only; the current task's get probability 0
         soft = F.pad(soft, (0, log_p.shape[1] - soft.shape[1]))
-        distill = -(soft * log_p).sum(1).mean() * DISTILL_TEMPERATURE ** 2
-        return mix(current, distill, self.task)
+        distill = -(soft * log_p).sum(1).mean() * temperature ** 2  # T²: the gradient's scale independent of T
+        return mix(current, distill, self.task, self.cfg.replay_mix)
 
     def side_step(self, x: torch.Tensor, generator: torch.Generator) -> None:
         self.replay.train_step(x, generator)

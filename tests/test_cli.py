@@ -67,6 +67,8 @@ def test_dry_run_without_hidden_layers():
     (["--preset", "split_cifar_zenke", "--data-root", "DATA_MISSING"], "CIFAR10 not found"),
     (["--target-arch", "zenke"], "target_arch zenke is for 32x32x3 images (split_cifar)"),
     (["--augment"], "augment is for 32x32x3 images"),
+    (["--method", "hnet_r", "--replay-temperature", "0"], "replay_temperature must be > 0"),
+    (["--replay-mix", "half"], "unknown replay_mix"),
     (["--preset", "split_cifar_resnet", "--scenario", "cl3"], "resnet32 keeps batch-norm statistics per task"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, message):

@@ -101,3 +101,24 @@ def test_hnet_tir_and_hnet_r_from_the_command_line(tmp_path):
         result = json.loads((out / "results.json").read_text())
         assert result["acc_after_mean"] > 70 and result["replay_decoder_weights"] > 0
         assert ("task_inference_acc" in result) == (method == "hnet_tir")
+
+
+def test_replay_mix_and_temperature_reach_the_loss():
+    """HNET+R's loss on one batch of task 2 (t = 2 earlier tasks): by_tasks is (current + 2 distill) / 3, equal
+    (current + distill) / 2 (solved for current, it is the plain loss on the batch); a different temperature
+    changes the distillation term."""
+    from hnet.evaluation import Scenario
+    from hnet.learners import PenaltyLearner
+
+    losses = {}
+    for name, changes in (("by_tasks", {}), ("equal", {"replay_mix": "equal"}), ("cooler", {"replay_temperature": 1.0})):
+        cfg = resolve("split_digits", {"method": "hnet_r", "scenario": "cl3", "num_tasks": 3, **changes})
+        target, learner = build_learner(cfg)
+        bench = load_benchmark(cfg)
+        learner.start_task(2)
+        x, y = bench.inputs(2, "train", bench.tasks[2].train.rows[:16]), bench.tasks[2].train.labels[:16]
+        losses[name] = learner.task_loss(target, Scenario.of(cfg), x, y, torch.Generator().manual_seed(0)).item()
+        current = PenaltyLearner.task_loss(learner, target, Scenario.of(cfg), x, y, None).item()
+    distill = 3 * losses["by_tasks"] - 2 * losses["equal"]
+    assert 4 * losses["equal"] - 3 * losses["by_tasks"] == pytest.approx(current, rel=1e-4)
+    assert distill > 0 and (3 * losses["cooler"] - current) / 2 != pytest.approx(distill, rel=1e-3)
