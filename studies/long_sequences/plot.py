@@ -43,6 +43,8 @@ def main() -> None:
     tasks = range(1, len(after) + 1)
     ax.plot(tasks, during, "o-", ms=3, label=f"during (mean {summary['acc_during_mean']:.2f} %)")
     ax.plot(tasks, after, "s-", ms=3, label=f"after all {len(after)} tasks (mean {summary['acc_after_mean']:.2f} %)")
+    ax.set_ylim(max(0, min(during + after) - 15), 100)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("task")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{cfg['benchmark']}, {len(after)} tasks, {cfg['iters']} it/task, "
