@@ -50,11 +50,8 @@ class Callback:
 def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[Callback] = (),
           checkpoint: str | os.PathLike | None = None, resume: bool = False,
           runtime: Runtime | None = None) -> dict[str, Any]:
-    """Learn ``cfg.num_tasks`` tasks in order; return counts, accuracy matrix and timings.
-
-    With ``checkpoint`` a file is (atomically) rewritten after every task; with ``resume``
-    and an existing file, training continues after the last task it holds.
-    """
+    """Learn ``cfg.num_tasks`` tasks in order; return counts, accuracy matrix and timings. ``checkpoint`` is
+    rewritten (atomically) after every task; with ``resume`` training continues after the last task it holds."""
     cfg.validate()
     count_weights(cfg)  # also refuses a chunking that cannot work, before anything is built
     runtime = (runtime or Runtime()).validate()
@@ -62,8 +59,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
     bench = bench or load_benchmark(cfg, device, runtime.data_root)
     target, learner = build_learner(cfg, device, runtime.reg_form_for(cfg))
     scenario = Scenario.of(cfg)
-    state = {"next_task": 0, "acc_matrix": [], "val_acc_matrix": [], "task_seconds": [], "task_inference_acc": None,
-             "extra": {}}
+    state = dict(next_task=0, acc_matrix=[], val_acc_matrix=[], task_seconds=[], task_inference_acc=None, extra={})
     if resume and checkpoint and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, cfg, target, learner, state, device)
     for cb in callbacks:
@@ -77,16 +73,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
         graphed = use_cuda_graph(cfg, runtime, device)
         optimizer, schedule = make_optimizer(cfg, learner.start_task(task), graphed, device)
         batches = bench.train_batches(task, cfg.batch_size, generator)
-
-        def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            optimizer.zero_grad(set_to_none=True)
-            loss_task = learner.task_loss(target, scenario, x, y, generator)  # HNET+R: with replay
-            loss_task.backward()
-            loss_reg = learner.penalty_backward(optimizer, generator)  # Eq. 2, or EWC's / SI's penalty
-            learner.optimizer_step(optimizer)
-            return loss_task, loss_reg
-
-        step = CapturedStep(step) if graphed else step
+        step = make_step(learner, target, scenario, optimizer, generator, graphed)
         target.train()  # dropout on, batch norm on the batch's statistics (updating this task's running ones)
         for it in range(cfg.iters):
             x, y = next(batches)
@@ -101,23 +88,41 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
             raise TrainingDiverged(f"loss is {loss_task.item()} at task {task}")
         target.eval()
         learner.end_task(target, bench, generator)
-
-        weights = learner.task_weights(task + 1)  # one row per task learned so far
-        accs, state["task_inference_acc"] = evaluate(cfg, target, weights, bench, task + 1, "test",
-                                                     runtime.eval_batch_size, learner.infer_task)
-        state["acc_matrix"].append(accs)
-        if cfg.val_fraction > 0:
-            state["val_acc_matrix"].append(evaluate(cfg, target, weights, bench, task + 1, "val",
-                                                    runtime.eval_batch_size, learner.infer_task)[0])
+        score_tasks_so_far(cfg, target, learner, bench, task + 1, runtime.eval_batch_size, state)
         state["task_seconds"].append(time.perf_counter() - started)
         state["next_task"] = task + 1
-        for cb in callbacks:
-            state["extra"].update(cb.results())
+        state["extra"].update({key: value for cb in callbacks for key, value in cb.results().items()})
         if checkpoint:
             save_checkpoint(checkpoint, cfg, target, learner, state)
         for cb in callbacks:
             cb.on_task_end(task, result_dict(cfg, state), Path(checkpoint) if checkpoint else None)
     return result_dict(cfg, state)
+
+
+def make_step(learner: Learner, target: torch.nn.Module, scenario: Scenario, optimizer: torch.optim.Optimizer,
+              generator: torch.Generator, graphed: bool = False):
+    """One training step on a batch (x, y): the task loss, the learner's penalty, the optimizer step;
+    returns (task loss, penalty or None). ``graphed``: captured as a CUDA graph (``CapturedStep``)."""
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        optimizer.zero_grad(set_to_none=True)
+        loss_task = learner.task_loss(target, scenario, x, y, generator)  # HNET+R: with replay
+        loss_task.backward()
+        loss_reg = learner.penalty_backward(optimizer, generator)  # Eq. 2, or EWC's / SI's penalty
+        learner.optimizer_step(optimizer)
+        return loss_task, loss_reg
+    return CapturedStep(step) if graphed else step
+
+
+def score_tasks_so_far(cfg: TrainConfig, target: torch.nn.Module, learner: Learner, bench: Benchmark, seen: int,
+                       eval_batch_size: int, state: dict[str, Any]) -> None:
+    """Test (and validation) accuracy of every task learned so far, appended to the trainer state."""
+    weights = learner.task_weights(seen)  # one row per task learned so far
+    accs, state["task_inference_acc"] = evaluate(cfg, target, weights, bench, seen, "test", eval_batch_size,
+                                                 learner.infer_task)
+    state["acc_matrix"].append(accs)
+    if cfg.val_fraction > 0:
+        state["val_acc_matrix"].append(evaluate(cfg, target, weights, bench, seen, "val", eval_batch_size,
+                                                learner.infer_task)[0])
 
 
 def build_learner(cfg: TrainConfig, device: torch.device | str = "cpu",
