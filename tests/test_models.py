@@ -10,7 +10,9 @@ from hnet.models import (MLP, ChunkedHypernetwork, build_models, fan_in_variance
 
 
 def built_counts(cfg):
-    target, hnet = build_models(cfg)
+    """Counts of the built modules; the init does not change them, and the authors' skips the default's pass
+    over every task's generated weights (250 tasks of 4.5 M weights: 20 s)."""
+    target, hnet = build_models(cfg.replace(hnet_init="xavier"))
     return (num_weights(target), sum(p.numel() for p in hnet.theta().values()),
             sum(p.numel() for p in hnet.task_embs))
 
