@@ -26,6 +26,7 @@ SCENARIOS = ("cl1", "cl2", "cl3")
 # network trained directly (fine-tuning, online EWC, SI)
 METHODS = ("hnet", "hnet_tir", "hnet_r", "finetune", "ewc", "si")
 REPLAY_METHODS = ("hnet_tir", "hnet_r")
+GENERATED_METHODS = ("hnet", "hnet_tir")  # the classifier's weights come from a hypernetwork, one set per task
 REG_FORMS = ("auto", "factored", "direct")
 HNET_INITS = ("xavier_capped", "xavier")
 LR_SCHEDULES = ("constant", "cosine")
@@ -197,7 +198,7 @@ class TrainConfig(Fields):
     @property
     def generated_classifier(self) -> bool:
         """The classifier's weights come from a hypernetwork, one set per task (hnet, hnet_tir)."""
-        return self.method in ("hnet", "hnet_tir")
+        return self.method in GENERATED_METHODS
 
     @property
     def uses_replay(self) -> bool:
@@ -231,13 +232,14 @@ class TrainConfig(Fields):
               f"replay_hnet_hidden sizes must be positive integers, got {list(self.replay_hnet_hidden)}")
         _need(isinstance(self.chunk_emb_dim, int) and self.chunk_emb_dim >= 0,
               f"chunk_emb_dim must be a non-negative integer, got {self.chunk_emb_dim}")
+        colour_32x32 = spec.input_dim == 3 * 32 * 32
         if self.target_arch != "mlp":
-            _need(spec.input_dim == 3 * 32 * 32, f"target_arch {self.target_arch} is for 32x32x3 images "
-                                                 f"(split_cifar), not {self.benchmark}")
+            _need(colour_32x32, f"target_arch {self.target_arch} is for 32x32x3 images (split_cifar), "
+                                f"not {self.benchmark}")
             _need(not (self.target_arch == "resnet32" and self.generated_classifier and self.scenario != "cl1"),
                   "resnet32 keeps batch-norm statistics per task: with a hypernetwork it runs in cl1 (the task known)")
             _need(not self.uses_replay, f"{self.method} replays images through an MLP VAE: not on {self.benchmark}")
-        _need(not self.augment or spec.input_dim == 3 * 32 * 32, f"augment is for 32x32x3 images, not {self.benchmark}")
+        _need(not self.augment or colour_32x32, f"augment is for 32x32x3 images, not {self.benchmark}")
         if spec.regression:
             _need(self.scenario == "cl1" and self.method in ("hnet", "finetune"),
                   f"{self.benchmark} is a regression: scenario cl1 with method hnet or finetune only")
@@ -462,7 +464,7 @@ def resolve(name: str | None, overrides: Mapping[str, Any] | None = None) -> Tra
     values = dict(PRESETS[name])
     method = overrides.get("method", values.get("method", TrainConfig.method))
     scenario = overrides.get("scenario", values.get("scenario", TrainConfig.scenario))
-    if method not in ("hnet", "hnet_tir"):  # a target trained directly gets its heads from the scenario
+    if method not in GENERATED_METHODS:  # a target trained directly gets its heads from the scenario
         values["multi_head"] = False  # (cl1: one per task, what a multi-head preset means)
     values.update(REPLAY_SETTINGS.get(values.get("benchmark"), {}).get(method, {}))
     values.update(TUNED.get(name, {}).get((method, scenario), {}))

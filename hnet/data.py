@@ -165,8 +165,12 @@ def raw_dataset(name: str, root: str) -> dict[str, tuple[torch.Tensor, torch.Ten
     """Load once per process (sweep workers reuse it across trials and tasks)."""
     key = (name, str(Path(root).resolve()) if name != "digits" else "")
     if key not in _RAW_CACHE:
-        loader = {"digits": lambda _: _digits(), "cifar10_100": _split_cifar}.get(name, lambda r: _torchvision_dataset(name, r))
-        _RAW_CACHE[key] = loader(root)
+        if name == "digits":
+            _RAW_CACHE[key] = _digits()
+        elif name == "cifar10_100":
+            _RAW_CACHE[key] = _split_cifar(root)
+        else:
+            _RAW_CACHE[key] = _torchvision_dataset(name, root)
     return _RAW_CACHE[key]
 
 

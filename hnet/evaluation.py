@@ -111,24 +111,29 @@ def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, 
     """Accuracy (%) on tasks 0..seen-1 after learning ``seen`` tasks (a regression: mean squared error),
     and for HNET+ENT / HNET+TIR the share (%) of inputs whose task was inferred right. ``weights``: (seen, N), one row per task;
     ``task_classifier``: HNET+TIR's (x, seen) -> task."""
-    scenario = Scenario.of(cfg)
-    accs, inferred, total = [], 0, 0
-    for t in range(seen):
-        split = bench.eval_split(t, part)
-        correct = 0
-        for start in range(0, len(split.rows), batch_size):
-            x = bench.inputs(t, part, split.rows[start:start + batch_size])
-            y = scenario.scored_labels(split.labels[start:start + batch_size], t)
-            if scenario.regression:
-                correct += (scenario.train_logits(target, weights[t], x, t)[:, 0] - y).square().sum().item()
-                continue
-            if scenario.name == "cl1":
-                pred, task = scenario.train_logits(target, weights[t], x, t).argmax(1), None
-            else:
-                pred, task = scenario.predict_without_task(target, weights, x, seen, task_classifier)
-            correct += (pred == y).sum().item()
-            if task is not None:
-                inferred += (task == t).sum().item()
-        accs.append((1.0 if scenario.regression else 100.0) * correct / len(split.rows))
-        total += len(split.rows)
-    return accs, (100.0 * inferred / total if scenario.weights_per_task and scenario.name != "cl1" else None)
+    was_training = target.training
+    target.eval()  # dropout off, batch norm on each task's running statistics, whoever calls (a callback mid-task)
+    try:
+        scenario = Scenario.of(cfg)
+        accs, inferred, total = [], 0, 0
+        for t in range(seen):
+            split = bench.eval_split(t, part)
+            correct = 0
+            for start in range(0, len(split.rows), batch_size):
+                x = bench.inputs(t, part, split.rows[start:start + batch_size])
+                y = scenario.scored_labels(split.labels[start:start + batch_size], t)
+                if scenario.regression:
+                    correct += (scenario.train_logits(target, weights[t], x, t)[:, 0] - y).square().sum().item()
+                    continue
+                if scenario.name == "cl1":
+                    pred, task = scenario.train_logits(target, weights[t], x, t).argmax(1), None
+                else:
+                    pred, task = scenario.predict_without_task(target, weights, x, seen, task_classifier)
+                correct += (pred == y).sum().item()
+                if task is not None:
+                    inferred += (task == t).sum().item()
+            accs.append((1.0 if scenario.regression else 100.0) * correct / len(split.rows))
+            total += len(split.rows)
+        return accs, (100.0 * inferred / total if scenario.weights_per_task and scenario.name != "cl1" else None)
+    finally:
+        target.train(was_training)

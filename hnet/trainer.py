@@ -86,7 +86,7 @@ def train(cfg: TrainConfig, bench: Benchmark | None = None, callbacks: Sequence[
                 cb.on_iteration(task, it, loss_task, loss_reg)
         if not math.isfinite(loss_task.item()):
             raise TrainingDiverged(f"loss is {loss_task.item()} at task {task}")
-        target.eval()
+        target.eval()  # EWC's Fisher on the trained network: no dropout, no batch-norm update
         learner.end_task(target, bench, generator)
         score_tasks_so_far(cfg, target, learner, bench, task + 1, runtime.eval_batch_size, state)
         state["task_seconds"].append(time.perf_counter() - started)
@@ -200,8 +200,8 @@ def save_checkpoint(path: str | os.PathLike, cfg: TrainConfig, target: torch.nn.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    buffers = {name: b.clone() for name, b in target.named_buffers()}
-    torch.save({"config": cfg.to_dict(), **learner.state_dict(), "target_buffers": buffers, **state}, tmp)
+    torch.save({"config": cfg.to_dict(), **learner.state_dict(), "target_buffers": dict(target.named_buffers()),
+                **state}, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
 
 

@@ -116,3 +116,17 @@ def test_augmentation_mirrors_and_shifts_each_training_image():
         assert len(matches) == 1
         seen.add(matches[0])
     assert {flip for flip, _, _ in seen} == {False, True} and len(seen) > 8
+
+
+def test_evaluation_switches_dropout_off_and_restores_the_mode(cifar_root):
+    """A callback may score mid-task with the target in training mode: evaluate runs it in eval mode (two calls
+    agree although ZenkeNet has dropout) and leaves it as it found it."""
+    from hnet.evaluation import evaluate
+
+    cfg = small("split_cifar_zenke", num_tasks=1)
+    bench = load_benchmark(cfg, data_root=str(cifar_root))
+    target, hnet = build_models(cfg)
+    weights = hnet(hnet.embeddings([0])).detach()
+    target.train()
+    scores = [evaluate(cfg, target, weights, bench, 1, "test", 64)[0] for _ in range(2)]
+    assert scores[0] == scores[1] and target.training
