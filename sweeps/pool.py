@@ -4,13 +4,16 @@ For one machine, typically a GPU box that has PyTorch but not Ray, Optuna or MLf
 ``workers`` processes each train one trial after another (data loaded once per process),
 sharing the machine's cores or its GPU. The trials are the spec's own (``sweeps.expand``:
 grid or random search). Each finished trial appends its result record (``hnet.trainer.train``'s
-result, one JSON line) to ``results``; a trial already in that file is not run again, so a
-study continues where it stopped by running the same command again. ``hnet report --results
+result, one JSON line) to ``results``; a trial already in that file is not run again, and a trial
+cut off (time limit of a session, SIGTERM, a crash) resumes after its last finished task from the
+checkpoint it left in ``checkpoints`` (deleted once its record is written), so a study continues
+where it stopped by running the same command again. ``hnet report --results
 FILE`` reads the file as it reads MLflow.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -52,8 +55,14 @@ def done_configs(results: Path) -> set[str]:
     return done
 
 
-def _run_trial(values: dict[str, Any], runtime: dict[str, Any], label: str) -> dict[str, Any]:
-    """In a worker process: train one trial, a line per finished task on stdout."""
+def checkpoint_path(checkpoints: Path, cfg: TrainConfig) -> Path:
+    """Where a trial of the pool keeps its progress: one file per configuration."""
+    return checkpoints / f"{hashlib.sha1(config_key(cfg).encode()).hexdigest()[:16]}.pt"
+
+
+def _run_trial(values: dict[str, Any], runtime: dict[str, Any], label: str, checkpoint: str) -> dict[str, Any]:
+    """In a worker process: train one trial (resuming from ``checkpoint`` if it holds finished tasks),
+    a line per finished task on stdout."""
     import torch
 
     from hnet.diagnostics import DeadUnits
@@ -65,16 +74,18 @@ def _run_trial(values: dict[str, Any], runtime: dict[str, Any], label: str) -> d
                   f"{summary['acc_after_mean']:.2f}, {summary['train_seconds']:.0f} s", flush=True)
 
     result = train(TrainConfig.from_dict(values), runtime=Runtime.from_dict(runtime),
-                   callbacks=[TaskLine(), DeadUnits()])
+                   callbacks=[TaskLine(), DeadUnits()], checkpoint=checkpoint, resume=True)
     result["device_name"] = torch.cuda.get_device_name() if torch.cuda.is_available() and \
         runtime["device"] != "cpu" else "cpu"
     return result
 
 
-def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0) -> tuple[int, int, int]:
+def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0,
+             checkpoints: Path | None = None) -> tuple[int, int, int]:
     """Run the spec's trials not yet in ``results``, ``workers`` at a time. With ``time_limit``
     (seconds) no trial starts after it (running ones finish). Returns (finished, failed, not started);
-    a failed trial is reported and not written, so running again retries it."""
+    a failed trial is reported and not written, so running again retries it. Trials checkpoint after
+    every task into ``checkpoints`` (default: beside ``results``, ``.<name>.checkpoints/``)."""
     cores = len(os.sched_getaffinity(0))
     runtime = spec.runtime.replace(threads=spec.runtime.threads or max(1, cores // workers)).to_dict()
     done_before = done_configs(results)
@@ -90,9 +101,12 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
 
     signal.signal(signal.SIGTERM, stop)
     results.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints = checkpoints or results.parent / f".{results.stem}.checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
     started, finished, failed = time.perf_counter(), 0, 0
     queue = iter(enumerate(todo))
     label_of: dict[cf.Future, str] = {}
+    checkpoint_of: dict[cf.Future, Path] = {}
     with open(results, "a") as out, cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         def submit() -> cf.Future | None:
             if time_limit and time.perf_counter() - started >= time_limit:
@@ -101,12 +115,13 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
             if cfg is None:
                 return None
             label = f"trial {i + 1}/{len(todo)} " + " ".join(f"{k}={getattr(cfg, k)}" for k in shown)
+            checkpoint = checkpoint_path(checkpoints, cfg)
             try:
-                future = pool.submit(_run_trial, cfg.to_dict(), runtime, label)
+                future = pool.submit(_run_trial, cfg.to_dict(), runtime, label, str(checkpoint))
             except BrokenProcessPool:  # a worker died (killed for memory?): finish what runs, start nothing
                 return None
-            print(f"  {label}: started", flush=True)
-            label_of[future] = label
+            print(f"  {label}: " + ("resumed from its checkpoint" if checkpoint.exists() else "started"), flush=True)
+            label_of[future], checkpoint_of[future] = label, checkpoint
             return future
 
         pending = {f for f in (submit() for _ in range(workers)) if f}
@@ -123,6 +138,7 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
                     continue
                 out.write(json.dumps(result) + "\n")
                 out.flush()
+                checkpoint_of[future].unlink(missing_ok=True)  # the record holds it all now
                 finished += 1
                 print(f"[{finished + failed} done, {time.perf_counter() - started:.0f} s] {label_of[future]}: "
                       f"acc_after_mean {result['acc_after_mean']:.2f}, compression_ratio "

@@ -185,3 +185,35 @@ def test_set_refuses_a_searched_field_and_the_pool_refuses_ray_flags(tmp_path):
     for flag in (["--tracking-uri", "sqlite:///x.db"], ["--verbose"], ["--workers", "0"]):
         refused = sweep("run", spec, "--backend", "pool", *flag)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, (flag, refused.stderr)
+
+
+def test_a_trial_cut_off_resumes_after_its_last_finished_task(tmp_path):
+    """SIGTERM after a trial's first task: the next run resumes it from its checkpoint (not from the
+    start) and records what an uninterrupted run records; the checkpoint goes once the record is in."""
+    spec = write_spec(tmp_path, iters=300, samples=1)
+    args = ("run", str(spec), "--backend", "pool", "--workers", "1", "--set", "threads=1")
+    whole = tmp_path / "whole" / "results.jsonl"
+    assert sweep(*args, "--results", str(whole)).returncode == 0
+
+    cut = tmp_path / "cut" / "results.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps", *args, "--results", str(cut)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = ""
+        while "task 1/2 done" not in seen:
+            line = proc.stdout.readline()
+            assert line, seen  # the pool ended before its first task did
+            seen += line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not cut.exists() or not cut.read_text().strip()
+    assert len(list((cut.parent / ".results.checkpoints").glob("*.pt"))) == 1
+
+    again = sweep(*args, "--results", str(cut))
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert "resumed from its checkpoint" in again.stdout and "task 1/2 done" not in again.stdout.split("seed=1")[0]
+    assert [r["acc_matrix"] for r in lines(cut)] == [r["acc_matrix"] for r in lines(whole)]
+    assert not list((cut.parent / ".results.checkpoints").glob("*.pt"))
