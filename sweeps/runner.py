@@ -150,7 +150,7 @@ def restore_tuner(spec: SweepSpec, sweep_dir: Path):
     from ray import tune
 
     from .console import terminal
-    from .tune_state import STATE_BACKUP, repair_tune_state
+    from .tune_state import STATE_BACKUP, repair_tune_state, restore_deleted_checkpoints
 
     if repair_tune_state(sweep_dir):
         print(f"hnet sweep: Tune's experiment state was cut off when the driver died; "
@@ -159,6 +159,10 @@ def restore_tuner(spec: SweepSpec, sweep_dir: Path):
         print(f"hnet sweep: {sweep_dir} was stopped before Tune saved any trial; starting it again",
               file=terminal(), flush=True)
         return None
+    moved = restore_deleted_checkpoints(sweep_dir)
+    if moved:
+        print(f"hnet sweep: {moved} trial(s) resume from a newer checkpoint than Tune's state names (the driver "
+              f"died before Tune saved it)", file=terminal(), flush=True)
     print(f"hnet sweep: resuming {sweep_dir}", file=terminal(), flush=True)
     return tune.Tuner.restore(str(sweep_dir), trainable=_trainable(spec), resume_unfinished=True, resume_errored=True)
 

@@ -10,7 +10,7 @@ import pickle
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import ray
 import torch
@@ -62,13 +62,12 @@ def placement(runtime: Runtime) -> tuple[Runtime, dict[str, str]]:
     return runtime, {"node_id": context.get_node_id(), "device": name, "gpu_ids": ",".join(gpu_ids)}
 
 
-def _stored_checkpoints() -> list[tune.Checkpoint]:
-    """Every checkpoint folder in this trial's storage folder (shared file system or object store)."""
+def stored_checkpoints(fs, trial_folder: str) -> list[tune.Checkpoint]:
+    """Every checkpoint folder in a trial's storage folder (``fs``: a pyarrow file system, shared or object store)."""
     import pyarrow.fs
 
-    storage = tune.get_context().get_storage()
-    found = storage.storage_filesystem.get_file_info(pyarrow.fs.FileSelector(storage.trial_fs_path, allow_not_found=True))
-    return [tune.Checkpoint(path=info.path, filesystem=storage.storage_filesystem) for info in found
+    found = fs.get_file_info(pyarrow.fs.FileSelector(trial_folder, allow_not_found=True))
+    return [tune.Checkpoint(path=info.path, filesystem=fs) for info in found
             if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")]
 
 
@@ -86,26 +85,35 @@ def read_next_task(path: Path) -> int | None:
         return None
 
 
-def restore_latest(local_checkpoint: Path) -> int | None:
-    """Copy the checkpoint with the most finished tasks to ``local_checkpoint``; its next task, or None.
-
-    Tune hands back the checkpoint its experiment state recorded. A driver killed between two
-    saves of that state recorded an older one than the trial folder holds, so look there too.
-    """
-    candidates = [tune.get_checkpoint()] + _stored_checkpoints()
-    best = None
+def newest_readable(candidates: Iterable[tune.Checkpoint | None],
+                    local_copy: Path | None = None) -> tuple[tune.Checkpoint | None, int | None]:
+    """The checkpoint with the most finished tasks among ``candidates`` and the task it resumes at
+    ((None, None) when none can be read); with ``local_copy`` its file is copied there."""
+    best, best_next = None, None
     for checkpoint in filter(None, candidates):
         try:
             with checkpoint.as_directory() as folder:
                 next_task = read_next_task(Path(folder) / "checkpoint.pt")
                 if next_task is None:
                     print(f"hnet trial: skipped the unreadable checkpoint {checkpoint.path}", flush=True)
-                elif best is None or next_task > best:
-                    best = next_task
-                    shutil.copy(Path(folder) / "checkpoint.pt", local_checkpoint)
+                elif best_next is None or next_task > best_next:
+                    best, best_next = checkpoint, next_task
+                    if local_copy:
+                        shutil.copy(Path(folder) / "checkpoint.pt", local_copy)
         except OSError:  # a checkpoint folder that vanished or cannot be fetched
             continue
-    return best
+    return best, best_next
+
+
+def restore_latest(local_checkpoint: Path) -> int | None:
+    """Copy the checkpoint with the most finished tasks to ``local_checkpoint``; its next task, or None.
+
+    Tune hands back the checkpoint its experiment state recorded. A driver killed between two
+    saves of that state recorded an older one than the trial folder holds, so look there too.
+    """
+    storage = tune.get_context().get_storage()
+    stored = stored_checkpoints(storage.storage_filesystem, storage.trial_fs_path)
+    return newest_readable([tune.get_checkpoint(), *stored], local_checkpoint)[1]
 
 
 def run_trial(config: dict[str, Any], runtime: dict[str, Any] | None = None) -> None:

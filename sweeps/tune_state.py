@@ -3,7 +3,9 @@
 Tune uploads that state by truncating and rewriting the files in the sweep folder, so a
 driver killed during an upload leaves them cut off, and ``Tuner.restore`` then silently
 restarts the sweep from scratch. ``ExperimentStateBackup`` keeps a complete copy beside them;
-``repair_tune_state`` puts it back before a resume.
+``repair_tune_state`` puts it back before a resume. Tune also deletes a trial's older checkpoint
+as soon as a newer one arrives but records the newer one in that state only later, so a state
+saved before can name a deleted checkpoint; ``restore_deleted_checkpoints`` mends that.
 """
 from __future__ import annotations
 
@@ -85,3 +87,29 @@ def repair_tune_state(sweep_dir: Path) -> bool:
         if file.name != "COMPLETE":
             shutil.copy(file, sweep_dir / file.name)
     return True
+
+
+def restore_deleted_checkpoints(sweep_dir: Path) -> int:
+    """Before a resume: where Tune's experiment state names a trial checkpoint that is gone, move the
+    trial folder's newest readable checkpoint to that name. Returns how many were moved.
+
+    Tune (``num_to_keep=1``) deletes the older checkpoint when it registers a newer one, then saves
+    its state some time later; a driver killed in between leaves a state whose checkpoint no longer
+    exists, and Tune fails that trial at every restore ("does not exist on storage anymore"). The
+    trial resumes from its newest checkpoint anyway (``sweeps.trainable.restore_latest``).
+    """
+    from .trainable import newest_readable, stored_checkpoints
+
+    moved = 0
+    for trial in tune.ExperimentAnalysis(str(sweep_dir)).trials:
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            continue
+        fs = checkpoint.filesystem
+        if fs.get_file_info(checkpoint.path).type != pyarrow.fs.FileType.NotFound:
+            continue
+        newest, _ = newest_readable(stored_checkpoints(fs, checkpoint.path.rsplit("/", 1)[0]))
+        if newest is not None:
+            fs.move(newest.path, checkpoint.path)
+            moved += 1
+    return moved

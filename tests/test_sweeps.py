@@ -211,6 +211,14 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
     state_file.write_text("")
     # A node killed while it copies a checkpoint into the trial folder leaves a newer one cut off:
     # the trial must skip it and resume from the last readable one (not fail at every retry).
+    # Tune deletes a trial's older checkpoint when a newer one arrives and saves its state later: a
+    # driver killed in between leaves a state naming a deleted checkpoint (each trial's is moved
+    # on here); Tune would fail those trials at every restore.
+    moved_on = 0
+    for checkpoint in tmp_path.glob("ray_results/*/trial_*/checkpoint_*"):
+        checkpoint.rename(checkpoint.with_name(f"checkpoint_{int(checkpoint.name.split('_')[1]) + 50:06d}"))
+        moved_on += 1
+    assert moved_on
     unfinished = [d for d in tmp_path.glob("ray_results/*/trial_*") if len(list(d.glob("checkpoint_*"))) < 4]
     cut = sorted(unfinished)[0] / "checkpoint_000099"  # a trial the resume restarts
     cut.mkdir()
@@ -219,6 +227,7 @@ def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "restored its last complete copy" in resumed.stdout and "Restarting experiment" not in resumed.stdout
     assert "hnet sweep: resuming" in resumed.stdout
+    assert "trial(s) resume from a newer checkpoint" in resumed.stdout, resumed.stdout[-3000:]
     assert "hnet trial: resuming at task" in resumed.stdout
     assert "4 trials, 4 completed" in resumed.stdout
     assert f"skipped the unreadable checkpoint {cut}" in resumed.stdout
