@@ -89,8 +89,8 @@ def ensure_store(tracking_uri: str, create: bool = True) -> None:
     if state == "half":
         empty = detail.endswith(", 0 run(s)")
         raise StoreError(f"the MLflow store {path} was left half-migrated by an interrupted schema migration "
-                         f"({detail}): " + (f"it holds no runs, delete it and run again" if empty else
-                                            f"restore it from a backup, or move it aside and start a new store"))
+                         f"({detail}): " + ("it holds no runs, delete it and run again" if empty else
+                                            "restore it from a backup, or move it aside and start a new store"))
     if state == "outdated":
         raise StoreError(f"the MLflow store {path} has schema revision {detail}; this MLflow needs "
                          f"{latest_schema()}: back the file up, then run `mlflow db upgrade {tracking_uri}`")
