@@ -85,7 +85,7 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
     """Run the spec's trials not yet in ``results``, ``workers`` at a time. With ``time_limit``
     (seconds) no trial starts after it (running ones finish). Returns (finished, failed, not started);
     a failed trial is reported and not written, so running again retries it. Trials checkpoint after
-    every task into ``checkpoints`` (default: beside ``results``, ``.<name>.checkpoints/``)."""
+    every task into ``checkpoints`` (default: beside ``results``, ``<name>.checkpoints/``)."""
     cores = len(os.sched_getaffinity(0))
     runtime = spec.runtime.replace(threads=spec.runtime.threads or max(1, cores // workers)).to_dict()
     done_before = done_configs(results)
@@ -101,7 +101,7 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
 
     signal.signal(signal.SIGTERM, stop)
     results.parent.mkdir(parents=True, exist_ok=True)
-    checkpoints = checkpoints or results.parent / f".{results.stem}.checkpoints"
+    checkpoints = checkpoints or results.parent / f"{results.stem}.checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     started, finished, failed = time.perf_counter(), 0, 0
     queue = iter(enumerate(todo))

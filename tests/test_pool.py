@@ -210,10 +210,10 @@ def test_a_trial_cut_off_resumes_after_its_last_finished_task(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not cut.exists() or not cut.read_text().strip()
-    assert len(list((cut.parent / ".results.checkpoints").glob("*.pt"))) == 1
+    assert len(list((cut.parent / "results.checkpoints").glob("*.pt"))) == 1
 
     again = sweep(*args, "--results", str(cut))
     assert again.returncode == 0, again.stderr + again.stdout
     assert "resumed from its checkpoint" in again.stdout and "task 1/2 done" not in again.stdout.split("seed=1")[0]
     assert [r["acc_matrix"] for r in lines(cut)] == [r["acc_matrix"] for r in lines(whole)]
-    assert not list((cut.parent / ".results.checkpoints").glob("*.pt"))
+    assert not list((cut.parent / "results.checkpoints").glob("*.pt"))
