@@ -80,12 +80,11 @@ def _run_trial(values: dict[str, Any], runtime: dict[str, Any], label: str, chec
     return result
 
 
-def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0,
-             checkpoints: Path | None = None) -> tuple[int, int, int]:
+def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0) -> tuple[int, int, int]:
     """Run the spec's trials not yet in ``results``, ``workers`` at a time. With ``time_limit``
     (seconds) no trial starts after it (running ones finish). Returns (finished, failed, not started);
     a failed trial is reported and not written, so running again retries it. Trials checkpoint after
-    every task into ``checkpoints`` (default: beside ``results``, ``<name>.checkpoints/``)."""
+    every task into ``<results name>.checkpoints/`` beside ``results``."""
     cores = len(os.sched_getaffinity(0))
     runtime = spec.runtime.replace(threads=spec.runtime.threads or max(1, cores // workers)).to_dict()
     done_before = done_configs(results)
@@ -101,12 +100,11 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
 
     signal.signal(signal.SIGTERM, stop)
     results.parent.mkdir(parents=True, exist_ok=True)
-    checkpoints = checkpoints or results.parent / f"{results.stem}.checkpoints"
+    checkpoints = results.parent / f"{results.stem}.checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     started, finished, failed = time.perf_counter(), 0, 0
     queue = iter(enumerate(todo))
-    label_of: dict[cf.Future, str] = {}
-    checkpoint_of: dict[cf.Future, Path] = {}
+    running: dict[cf.Future, tuple[str, Path]] = {}  # a submitted trial's label and checkpoint
     with open(results, "a") as out, cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         def submit() -> cf.Future | None:
             if time_limit and time.perf_counter() - started >= time_limit:
@@ -121,26 +119,27 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
             except BrokenProcessPool:  # a worker died (killed for memory?): finish what runs, start nothing
                 return None
             print(f"  {label}: " + ("resumed from its checkpoint" if checkpoint.exists() else "started"), flush=True)
-            label_of[future], checkpoint_of[future] = label, checkpoint
+            running[future] = label, checkpoint
             return future
 
         pending = {f for f in (submit() for _ in range(workers)) if f}
         while pending:
             ready, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for future in ready:
+                label, checkpoint = running.pop(future)
                 try:
                     result = future.result()
                 except Exception as exc:  # e.g. TrainingDiverged: the other trials go on
                     failed += 1
                     reason = (str(exc).splitlines() or [""])[0]
-                    print(f"  {label_of[future]}: failed: {type(exc).__name__}: {reason}", flush=True)
+                    print(f"  {label}: failed: {type(exc).__name__}: {reason}", flush=True)
                     pending |= {f for f in [submit()] if f}
                     continue
                 out.write(json.dumps(result) + "\n")
                 out.flush()
-                checkpoint_of[future].unlink(missing_ok=True)  # the record holds it all now
+                checkpoint.unlink(missing_ok=True)  # the record holds it all now
                 finished += 1
-                print(f"[{finished + failed} done, {time.perf_counter() - started:.0f} s] {label_of[future]}: "
+                print(f"[{finished + failed} done, {time.perf_counter() - started:.0f} s] {label}: "
                       f"acc_after_mean {result['acc_after_mean']:.2f}, compression_ratio "
                       f"{result['compression_ratio']:.4f}", flush=True)
                 pending |= {f for f in [submit()] if f}
