@@ -17,6 +17,8 @@ RESULT_METRICS = ("acc_after_mean", "acc_during_mean", "forgetting", "compressio
                   "val_acc_after_mean", "val_acc_during_mean", "dead_units_first_layer", "task_inference_acc",
                   "replay_decoder_weights", "replay_hnet_weights", "replay_encoder_weights", "task_classifier_weights")
 SUMMARY_METRICS = ("acc_after_mean", "acc_during_mean", "forgetting")  # what ``summarize`` derives from a matrix
+FIXED_METRICS = tuple(m for m in RESULT_METRICS  # set by the architecture: the same after every task
+                      if m.endswith("_weights") or m.startswith("compression_ratio") or m == "num_chunks")
 
 
 def summarize(acc_matrix: list[list[float]]) -> dict[str, Any]:

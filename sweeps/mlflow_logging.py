@@ -9,10 +9,11 @@ so a restored or retried trial continues its own run.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
+import queue
 import subprocess
+import tempfile
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -26,8 +27,7 @@ from ray import tune
 from hnet.results import summarize
 
 from . import record
-from .record import RESULT_METRICS, SUMMARY_METRICS
-from .search import train_config_of
+from .record import FIXED_METRICS, RESULT_METRICS, SUMMARY_METRICS
 from .spec import SweepSpec
 from .store import open_store
 
@@ -118,95 +118,190 @@ def remove_orphan_runs(tracking_uri: str, experiment: str, sweep_id: str, trial_
     return len(orphans)
 
 
-def accuracy_matrix_csv(matrix: list[list[float]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["after_task"] + [f"task_{j}" for j in range(len(matrix))])
-    for i, row in enumerate(matrix):
-        writer.writerow([i] + [f"{a:.4f}" for a in row] + [""] * (len(matrix) - len(row)))
-    return out.getvalue()
+WRITE_INTERVAL_S = 5.0  # a running trial's results reach its run at most this often; its last one always
+TABLE_INTERVAL_S = 30.0  # the sweep's trial table (sweeps.record.TABLE_ARTIFACT) is rewritten at most this often
 
 
 class MLflowTrialLogger(tune.Callback):
+    """Tune callback writing each trial's run. The writes happen on a thread of their own, in order,
+    so Tune's loop never waits for the store. A trial's results are written at most every
+    ``WRITE_INTERVAL_S`` (each write logs every task since the last one: a trial of short tasks
+    costs a few writes, not a few per task). Everything is written (``flush``) before Tune saves its
+    experiment state (``get_state``) and at the end, so a saved state never runs ahead of the record."""
+
     def __init__(self, spec: SweepSpec, parent_run_id: str, sweep_id: str) -> None:
         self.tracking_uri, self.experiment = spec.tracking_uri, spec.experiment
-        self.num_tasks = spec.base.num_tasks
+        self.num_tasks, self.base = spec.base.num_tasks, spec.base.to_flat_params()
         self.search_space = spec.source or spec.name
         self.sweep_id, self.parent_run_id = sweep_id, parent_run_id
         self.version = code_version()
-        self._client = None
-        self._runs: dict[str, str] = {}  # trial_id -> run_id
-        self._last_step: dict[str, int] = {}  # trial_id -> last task index logged
+        self.__setstate__({})
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment
-        return {**self.__dict__, "_client": None, "_runs": {}, "_last_step": {}}
+        keep = ("tracking_uri", "experiment", "num_tasks", "base", "search_space", "sweep_id", "parent_run_id",
+                "version")
+        return {k: self.__dict__[k] for k in keep}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client = None
+        self._experiment_id: str | None = None
+        self._runs: dict[str, str] | None = None  # trial_id -> run_id (None: not listed yet)
+        self._start_time: dict[str, int] = {}  # trial_id -> its run's start (ms)
+        self._last_step: dict[str, int] = {}  # trial_id -> last task index logged
+        self._table: dict[str, str] = {}  # trial_id -> its line in the trial table (ended trials)
+        self._table_written = (0, 0.0)  # (lines, time.monotonic()) at the last write of the table
+        self._unwritten: dict[str, tuple[dict, dict]] = {}  # trial_id -> (Tune config, newest result) not written
+        self._due: dict[str, float] = {}  # trial_id -> when its next result is written
+        self._queue: queue.Queue | None = None
+        self._failure: BaseException | None = None
+
+    # Tune's thread ------------------------------------------------------------------------------
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        now = time.monotonic()
+        self._unwritten[trial.trial_id] = (dict(trial.config), result)
+        if now >= self._due.setdefault(trial.trial_id, now + WRITE_INTERVAL_S):
+            self._due[trial.trial_id] = now + WRITE_INTERVAL_S
+            self._submit(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = dict(trial.last_result or {})
+        pruned = result.get("tasks_done", 0) < self.num_tasks
+        self._unwritten[trial.trial_id] = (dict(trial.config), result)
+        self._submit(trial.trial_id, "pruned" if pruned else "completed")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._unwritten.setdefault(trial.trial_id, (dict(trial.config), {}))
+        self._submit(trial.trial_id, "failed", str(getattr(trial, "error_file", None)))
+
+    def get_state(self) -> None:  # called while Tune saves its experiment state, before it is uploaded
+        self.flush()
+        return None
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.flush(table=True)
+
+    def flush(self, table: bool = False) -> None:
+        """Write every result received so far and wait until it is in the store (raises the first write
+        that failed); the trial table too when due (or with ``table``)."""
+        for trial_id in list(self._unwritten):
+            self._submit(trial_id)
+        if self._queue is not None:
+            self._queue.put((self._write_table, (table,)))
+            self._queue.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def _submit(self, trial_id: str, status: str | None = None, error_file: str | None = None) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._queue is None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True).start()
+        tune_config, result = self._unwritten.pop(trial_id)
+        if status:
+            self._due.pop(trial_id, None)
+        self._queue.put((self._write, (trial_id, tune_config, result, status, error_file)))
+
+    def _write_loop(self) -> None:
+        while True:
+            write, args = self._queue.get()
+            try:
+                if self._failure is None:
+                    write(*args)
+            except BaseException as exc:  # re-raised in Tune's thread at the next write or flush
+                self._failure = exc
+            finally:
+                self._queue.task_done()
+
+    # the writer thread ----------------------------------------------------------------------------
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
             self._client = open_store(self.tracking_uri)
         return self._client
 
-    def run_id(self, trial) -> str:
-        """The trial's run: cached, else found by tag (after a restart), else created."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        experiment_id = get_experiment_id(self.client, self.experiment)
-        found = self.client.search_runs(
-            [experiment_id], max_results=1,
-            filter_string=f"tags.{record.TRIAL_ID} = '{trial.trial_id}' and tags.{record.SWEEP_ID} = '{self.sweep_id}'")
-        if found:
-            run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, SUMMARY_METRICS[0])
-            self._last_step[trial.trial_id] = max((m.step for m in history), default=-1)
-            if found[0].info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
-        else:
-            config = train_config_of(trial.config)
-            tags = record.trial_tags(trial.trial_id, self.sweep_id, self.parent_run_id, config, self.search_space,
-                                     trial.config.get(record.CONFIG_GROUP), trial.config.get(record.SEED_INDEX))
-            run_id = self.client.create_run(experiment_id, tags={**tags, **self.version},
-                                            run_name=trial.trial_id).info.run_id
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in config.to_flat_params().items()])
-            self._last_step[trial.trial_id] = -1
-        self._runs[trial.trial_id] = run_id
-        return run_id
+    def _index_runs(self) -> None:
+        """The runs this sweep already has (after a restart), with the last task each logged: one search."""
+        self._experiment_id = get_experiment_id(self.client, self.experiment)
+        self._runs, self._last_step = {}, {}
+        runs = self.client.search_runs([self._experiment_id], max_results=50_000, filter_string=(
+            f"tags.{record.SWEEP_ID} = '{self.sweep_id}' and tags.{record.ROLE} = '{record.ROLE_TRIAL}'"))
+        for run in runs:
+            trial_id = run.data.tags[record.TRIAL_ID]
+            self._runs[trial_id], self._start_time[trial_id] = run.info.run_id, run.info.start_time
+            # task j's accuracy is first logged at step j, with the rest of that step, in one batch
+            self._last_step[trial_id] = max((int(k[len(record.ACC_TASK):]) for k in run.data.metrics
+                                             if k.startswith(record.ACC_TASK)), default=-1)
+            if run.info.status != "RUNNING" and run.data.tags.get(record.STATUS) is None:
+                self.client.update_run(run.info.run_id, status="RUNNING")
+        if self.client.get_run(self.parent_run_id).data.tags.get(record.TABLE_TIME):  # continue the table
+            with tempfile.TemporaryDirectory() as folder:
+                path = self.client.download_artifacts(self.parent_run_id, record.TABLE_ARTIFACT, folder)
+                lines = Path(path).read_text().splitlines()
+            self._table = {json.loads(line)["trial_id"]: line for line in lines if line.strip()}
+            self._table_written = (len(self._table), time.monotonic())
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self.run_id(trial)
+    def _write(self, trial_id: str, tune_config: dict[str, Any], result: dict[str, Any], status: str | None,
+               error_file: str | None) -> None:
+        """One batch for the trial's run (created first if it has none): the tasks it finished since the
+        last write, where it ran, and with ``status`` its end."""
+        if self._runs is None:
+            self._index_runs()
+        params, tags = [], []
+        if trial_id not in self._runs:
+            config = record.from_tune_config(tune_config, self.base)
+            run_tags = record.trial_tags(trial_id, self.sweep_id, self.parent_run_id, config, self.search_space,
+                                         tune_config.get(record.CONFIG_GROUP), tune_config.get(record.SEED_INDEX))
+            run = self.client.create_run(self._experiment_id, tags={**run_tags, **self.version}, run_name=trial_id)
+            self._runs[trial_id], self._start_time[trial_id] = run.info.run_id, run.info.start_time
+            params = [Param(k, v) for k, v in config.to_flat_params().items()]
+        run_id = self._runs[trial_id]
+        metrics = self._new_metrics(trial_id, result) if "acc_matrix" in result else []
+        # where the trial ran (its latest node, after a retry elsewhere)
+        tags += [RunTag(tag, str(result[key])) for tag, key in record.WHERE.items() if key in result]
+        if status:
+            tags.append(RunTag(record.STATUS, status))
+        if status == "failed":
+            tags.append(RunTag(record.ERROR_FILE, str(error_file)))
+        elif status and "acc_matrix" in result:
+            tags += [RunTag(record.ACC_MATRIX, text) for text in [record.matrix_tag(result["acc_matrix"])] if text]
+        if params or metrics or tags:
+            self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        if status:
+            self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+            trial = record.TrialRecord.from_result(
+                {**result, "config": record.from_tune_config(tune_config, self.base).to_dict()}, trial_id,
+                self.sweep_id, status, run_id, self._start_time.get(trial_id))
+            self._table[trial_id] = trial.to_line()
+
+    def _write_table(self, force: bool) -> None:
+        """The sweep's trial table as an artifact of its parent run, when trials ended since the last
+        write and (unless ``force``) ``TABLE_INTERVAL_S`` has passed."""
+        lines, written = self._table_written
+        if len(self._table) == lines or not (force or time.monotonic() - written >= TABLE_INTERVAL_S):
+            return
+        now = int(time.time() * 1000)
+        self.client.log_text(self.parent_run_id, "\n".join(self._table.values()) + "\n", record.TABLE_ARTIFACT)
+        self.client.set_tag(self.parent_run_id, record.TABLE_TIME, str(now))
+        self._table_written = (len(self._table), time.monotonic())
+
+    def _new_metrics(self, trial_id: str, result: dict[str, Any]) -> list[Metric]:
+        """The metrics of every task finished since the trial's last logged one (each step exactly once,
+        also for tasks whose results a killed driver never saw: their rows are in the matrix)."""
         step = int(result["tasks_done"]) - 1
-        first = self._last_step.get(trial.trial_id, -1) + 1
+        first = self._last_step.get(trial_id, -1) + 1
         if step < first:
-            return  # already logged before a restart
+            return []  # already logged (before a restart, or a finished trial reporting again)
         now = int(time.time() * 1000)
         matrix = result["acc_matrix"]
-        metrics = [Metric(k, float(result[k]), now, step) for k in RESULT_METRICS if k in result]
-        # Tasks a killed driver never saw reported (the trial resumed after them): their accuracy
-        # rows are in the matrix, so every step is logged exactly once.
+        fixed = () if first > 0 else FIXED_METRICS  # the architecture's counts: once, with the first task
+        metrics = [Metric(k, float(result[k]), now, step) for k in RESULT_METRICS
+                   if k in result and (k not in FIXED_METRICS or k in fixed)]
         for s in range(first, step + 1):
             metrics += [Metric(record.acc_task_metric(j), float(a), now, s) for j, a in enumerate(matrix[s])]
             if s < step:
                 summary = summarize(matrix[:s + 1])
                 metrics += [Metric(k, float(summary[k]), now, s) for k in SUMMARY_METRICS]
-        # where the trial ran (its latest node, after a retry elsewhere)
-        tags = [RunTag(tag, str(result[key])) for tag, key in record.WHERE.items() if key in result]
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        self._last_step[trial.trial_id] = step
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_id(trial)
-        result = trial.last_result or {}
-        if "acc_matrix" in result:
-            trial_record = record.TrialRecord.from_result({**result, "config": train_config_of(trial.config).to_dict()},
-                                                          trial.trial_id, self.sweep_id, run_id=run_id)
-            self.client.log_text(run_id, json.dumps(trial_record.to_result(), indent=2), record.RESULTS_ARTIFACT)
-            self.client.log_text(run_id, accuracy_matrix_csv(result["acc_matrix"]), record.MATRIX_ARTIFACT)
-        pruned = result.get("tasks_done", 0) < self.num_tasks
-        self.client.set_tag(run_id, record.STATUS, "pruned" if pruned else "completed")
-        self.client.set_terminated(run_id, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_id(trial)
-        error = getattr(trial, "error_file", None)
-        self.client.log_batch(run_id, tags=[RunTag(record.STATUS, "failed"), RunTag(record.ERROR_FILE, str(error))])
-        self.client.set_terminated(run_id, "FAILED")
+        self._last_step[trial_id] = step
+        return metrics

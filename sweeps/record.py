@@ -7,19 +7,25 @@ and one run per trial (``role`` = ``trial``) nested under it. A trial run holds
 * params: its experiment configuration (TrainConfig fields as flat strings), nothing else;
 * metrics: ``RESULT_METRICS`` at step i (running values after learning task i) and
   ``acc_task_{j}`` at step i (accuracy on task j after learning task i: the accuracy matrix);
-* tags: ``TRIAL_TAGS`` (ids, status, where it ran);
-* artifacts: ``results.json`` (the final result and config) and ``acc_matrix.csv``.
+* tags: ``trial_tags`` (ids, status, where it ran) and, once it ended, ``acc_matrix``: the accuracy
+  matrix again as one JSON value, so that one read returns it.
+
+The parent run holds the sweep's *trial table* (``TABLE_ARTIFACT``): every ended trial's record as
+one JSON line, written by the driver beside the runs (at most every ``TABLE_INTERVAL_S`` and at
+the end), so that readers get thousands of trials in one download instead of a search that
+costs ~2 ms per run; runs that ended after the table was written are found by one search.
 
 Importing this module needs neither MLflow nor Ray.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from hnet.config import TrainConfig
-from hnet.results import RESULT_METRICS, SUMMARY_METRICS  # noqa: F401 (re-exported: the metric names)
+from hnet.results import FIXED_METRICS, RESULT_METRICS, SUMMARY_METRICS  # noqa: F401 (re-exported: the metric names)
 
 ROLE, ROLE_SWEEP, ROLE_TRIAL = "role", "sweep", "trial"
 SWEEP_ID, SWEEP_NAME, TRIAL_ID = "sweep_id", "sweep_name", "trial_id"
@@ -29,7 +35,9 @@ BENCHMARK, SCENARIO, METHOD, SEARCH_SPACE = "benchmark", "scenario", "method", "
 CONFIG_GROUP, SEED_INDEX = "config_group", "seed_index"  # a configuration's seeds share the group
 WHERE = {"ray_node_id": "node_id", "hostname": "hostname", "device": "device", "gpu_ids": "gpu_ids"}  # tag: result key
 ERROR_FILE = "error_file"
-RESULTS_ARTIFACT, MATRIX_ARTIFACT = "results.json", "acc_matrix.csv"
+ACC_MATRIX = "acc_matrix"  # tag: the finished trial's accuracy matrix as JSON (``matrix_tag``)
+TABLE_ARTIFACT = "trials.jsonl"  # of a sweep's parent run: one ``TrialRecord.to_line`` per ended trial
+TABLE_TIME = "trials_table_time"  # tag of the parent run: when the table was last written (ms since the epoch)
 
 
 VIEW = "trials"  # the experiment's saved MLflow UI view of its trial runs (``runs_view``)
@@ -53,8 +61,11 @@ def runs_view_url(ui_url: str, experiment_id: str) -> str:
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW}"
 
 
+ACC_TASK = "acc_task_"  # acc_task_<j>: accuracy on task j, one step per task learned
+
+
 def acc_task_metric(task: int) -> str:
-    return f"acc_task_{task}"
+    return f"{ACC_TASK}{task}"
 
 
 @dataclass
@@ -101,11 +112,23 @@ class TrialRecord:
         """From a trial run as ``mlflow.search_runs`` lists it (``params.<field>``, ``metrics.<name>``,
         ``tags.<tag>``); fields a run predates take their defaults."""
         params = {k: run[f"params.{k}"] for k in TrainConfig.field_names() if _present(run.get(f"params.{k}"))}
-        status = run.get(f"tags.{STATUS}")
+        status, matrix = run.get(f"tags.{STATUS}"), run.get(f"tags.{ACC_MATRIX}")
         return cls(trial_id=run[f"tags.{TRIAL_ID}"], sweep_id=run[f"tags.{SWEEP_ID}"],
                    status=status if _present(status) else "running",  # no status yet: running, or cut off
                    config=TrainConfig.from_dict(params), run_id=run["run_id"], start_time=run["start_time"],
-                   metrics={k: float(run[f"metrics.{k}"]) for k in RESULT_METRICS if _present(run.get(f"metrics.{k}"))})
+                   metrics={k: float(run[f"metrics.{k}"]) for k in RESULT_METRICS if _present(run.get(f"metrics.{k}"))},
+                   acc_matrix=json.loads(matrix) if _present(matrix) else None)
+
+    def to_line(self) -> str:
+        """One JSON line of a sweep's trial table (``TABLE_ARTIFACT``): ids, status, the result record."""
+        return json.dumps({"trial_id": self.trial_id, "sweep_id": self.sweep_id, "status": self.status,
+                           "run_id": self.run_id, "start_time": self.start_time, **self.to_result()})
+
+    @classmethod
+    def from_line(cls, line: str) -> "TrialRecord":
+        """Inverse of ``to_line``."""
+        d = json.loads(line)
+        return cls.from_result(d, d["trial_id"], d["sweep_id"], d["status"], d["run_id"], d["start_time"])
 
     def to_result(self) -> dict[str, Any]:
         """The record as results.json holds it: config, metrics, accuracy matrix, tasks done."""
@@ -113,6 +136,32 @@ class TrialRecord:
         if self.acc_matrix is not None:
             out.update(acc_matrix=self.acc_matrix, tasks_done=len(self.acc_matrix))
         return out
+
+
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
+
+
+def matrix_tag(matrix: list[list[float]]) -> str | None:
+    """The accuracy matrix as a compact JSON tag value (0.001 % resolution), or None when it is too long for
+    a tag (about 40+ tasks): readers then rebuild it from the per-task metrics."""
+    text = json.dumps([[round(a, 3) for a in row] for row in matrix], separators=(",", ":"))
+    return text if len(text) <= MAX_TAG_LENGTH else None
+
+
+TUNE_KEYS = (CONFIG_GROUP, SEED_INDEX)  # Tune config entries that are not TrainConfig fields
+
+
+def to_tune_config(cfg: TrainConfig, base: Mapping[str, str], group: str, seed_index: int) -> dict[str, Any]:
+    """What a Tune trial receives: its seed, the fields where ``cfg`` differs from the sweep's ``base``
+    (flat params, ``TrainConfig.to_flat_params``) and its configuration group. Only the difference: Tune keeps
+    the config in every result and checkpoint record of its experiment state, for every trial."""
+    return {**{k: v for k, v in cfg.to_flat_params().items() if base.get(k) != v or k == "seed"},
+            CONFIG_GROUP: group, SEED_INDEX: seed_index}
+
+
+def from_tune_config(config: Mapping[str, Any], base: Mapping[str, str]) -> TrainConfig:
+    """Inverse of ``to_tune_config``: the trial's validated TrainConfig."""
+    return TrainConfig.from_dict({**base, **{k: v for k, v in config.items() if k not in TUNE_KEYS}}).validate()
 
 
 def _present(value: Any) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import tempfile
 import time
@@ -17,12 +18,14 @@ from typing import Any
 from .spec import SpecError, SweepSpec
 from .store import ensure_store
 
-STATE_FILE = "hnet_sweep.json"  # name, sweep_id, parent_run_id, tracking_uri, finished: all read on resume
+STATE_FILE = "hnet_sweep.json"  # name, sweep_id, parent_run_id, tracking_uri, finished, base: read on resume
 SEARCH_STATS = "search_stats.json"  # architectures drawn / rejected by the compression filter
 TUNE_ENV = {
     # Tune warns on every checkpoint of short trials; a sweep checkpoints at every task by design.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_AIR_NEW_OUTPUT": "0",  # the classic reporter interface (our ProgressLine)
+    # Tune's CSV/JSON/TensorBoard files per trial: MLflow is the record (they cost driver time and disk per trial)
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 LOG_FILE = "sweep.log"  # Ray's, Tune's, MLflow's and the trials' output (unless --verbose)
 
@@ -113,6 +116,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         tuner = restore_tuner(spec, sweep_dir) if found else None
         if tuner is None:
             tuner = build_tuner(spec, sweep_dir, state)
+        # Tune's end-of-run analysis looks for per-trial result files this sweep does not write (TUNE_ENV)
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         results = tuner.fit()
         return finalise(spec, sweep_dir, state, results, started)
     finally:
@@ -123,12 +128,12 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
             console.restore(keep_log=sweep_dir is not None)
 
 
-def _trainable(spec: SweepSpec):
+def _trainable(spec: SweepSpec, base: dict[str, str]):
     from ray import tune
 
     from .trainable import run_trial
 
-    return tune.with_resources(tune.with_parameters(run_trial, runtime=spec.runtime.to_dict()),
+    return tune.with_resources(tune.with_parameters(run_trial, base=base, runtime=spec.runtime.to_dict()),
                                {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
 
 
@@ -141,6 +146,10 @@ def find_unfinished(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
     if state["tracking_uri"] != spec.tracking_uri:
         raise SpecError(f"--resume: the sweep records to {state['tracking_uri']}, not {spec.tracking_uri}: "
                         f"resume it with --tracking-uri {state['tracking_uri']}")
+    changed = sorted(k for k, v in spec.base.to_flat_params().items() if state.get("base", {}).get(k, v) != v)
+    if changed:
+        raise SpecError(f"--resume: the sweep ran with other base settings for {', '.join(changed)} "
+                        f"(was {', '.join(state['base'][k] for k in changed)}): resume it with the same spec and --set")
     return candidates[-1], state
 
 
@@ -164,7 +173,13 @@ def restore_tuner(spec: SweepSpec, sweep_dir: Path):
         print(f"hnet sweep: {moved} trial(s) resume from a newer checkpoint than Tune's state names (the driver "
               f"died before Tune saved it)", file=terminal(), flush=True)
     print(f"hnet sweep: resuming {sweep_dir}", file=terminal(), flush=True)
-    return tune.Tuner.restore(str(sweep_dir), trainable=_trainable(spec), resume_unfinished=True, resume_errored=True)
+    return tune.Tuner.restore(str(sweep_dir), trainable=_trainable(spec, state_base(spec, sweep_dir)),
+                              resume_unfinished=True, resume_errored=True)
+
+
+def state_base(spec: SweepSpec, sweep_dir: Path) -> dict[str, str]:
+    """The base its trials' Tune configs are relative to (a sweep begun before base was saved: full configs)."""
+    return _read_state(sweep_dir).get("base", spec.base.to_flat_params())
 
 
 def create_sweep(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
@@ -183,7 +198,7 @@ def create_sweep(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
             pass
     parent_run_id = start_parent_run(spec, sweep_id, _storage_root(spec))
     state = {"name": spec.name, "sweep_id": sweep_id, "parent_run_id": parent_run_id,
-             "tracking_uri": spec.tracking_uri, "finished": False}
+             "tracking_uri": spec.tracking_uri, "finished": False, "base": spec.base.to_flat_params()}
     _write_state(sweep_dir, state)
     return sweep_dir, state
 
@@ -196,7 +211,7 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
     from .console import ProgressLine
     from .mlflow_logging import MLflowTrialLogger
     from .search import SweepSearcher
-    from .tune_state import ExperimentStateBackup
+    from .tune_state import ExperimentStateBackup, FinishedCheckpoints
 
     searcher = ConcurrencyLimiter(SweepSearcher(spec, stats_file=str(sweep_dir / SEARCH_STATS)),
                                   max_concurrent=spec.max_concurrent)
@@ -207,47 +222,45 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
                                   reduction_factor=spec.asha_reduction_factor)
     reporter = ProgressLine(spec.num_trials, spec.metric, spec.mode, spec.base.num_tasks)
     return tune.Tuner(
-        _trainable(spec),
+        _trainable(spec, state["base"]),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials,
-                                    trial_dirname_creator=trial_dirname),
+                                    trial_dirname_creator=trial_dirname,
+                                    reuse_actors=True),  # a new worker process per trial costs seconds
         run_config=tune.RunConfig(
             name=state["sweep_id"], storage_path=_storage_root(spec), progress_reporter=reporter, verbose=1,
-            callbacks=[MLflowTrialLogger(spec, state["parent_run_id"], state["sweep_id"]), ExperimentStateBackup()],
+            callbacks=[MLflowTrialLogger(spec, state["parent_run_id"], state["sweep_id"]), ExperimentStateBackup(),
+                       FinishedCheckpoints(spec.keep_checkpoints, spec.metric, spec.mode, spec.base.num_tasks)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            # num_to_keep unset: with it Tune saves the whole experiment state at every checkpoint (O(N) each);
+            # trials delete their own older checkpoints (sweeps.trainable.report_with_file)
+            checkpoint_config=tune.CheckpointConfig()))
 
 
 def finalise(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any], results, started: float) -> dict[str, Any]:
     """Counts, the parent run closed when every trial ended, the best trials."""
-    from ray import tune
-
     from .console import terminal
     from .mlflow_logging import finish_parent_run, remove_orphan_runs
+    from .record import from_tune_config
+    from .tune_state import saved_statuses
 
-    frame = results.get_dataframe()
+    last = [r.metrics or {} for r in results]  # each trial's last result (Tune writes no result files: TUNE_ENV)
+    completed = [m for m in last if m.get("tasks_done") == spec.base.num_tasks]
     errors = len(results.errors)
-    done = int((frame["tasks_done"] == spec.base.num_tasks).sum()) if "tasks_done" in frame else 0
-    stats = {"trials": len(results), "trials_completed": done, "trials_failed": errors,
-             "trials_pruned": len(results) - done - errors, "sweep_wall_seconds": time.time() - started}
-    if (sweep_dir / SEARCH_STATS).exists():
-        stats.update(json.loads((sweep_dir / SEARCH_STATS).read_text()))
+    stats = {"trials": len(results), "trials_completed": len(completed), "trials_failed": errors,
+             "trials_pruned": len(results) - len(completed) - errors, "sweep_wall_seconds": time.time() - started}
     # finished: every trial exists and ended. The in-memory ResultGrid calls interrupted trials
     # terminated; the persisted experiment state keeps them PENDING/RUNNING, so ask it.
-    trials = tune.ExperimentAnalysis(results.experiment_path).trials
-    if len(trials) >= spec.num_trials and all(t.status in ("TERMINATED", "ERROR") for t in trials):
-        removed = remove_orphan_runs(state["tracking_uri"], spec.experiment, state["sweep_id"],
-                                     {t.trial_id for t in trials})
+    statuses = saved_statuses(results.filesystem, results.experiment_path)
+    if len(statuses) >= spec.num_trials and all(s in ("TERMINATED", "ERROR") for s in statuses.values()):
+        removed = remove_orphan_runs(state["tracking_uri"], spec.experiment, state["sweep_id"], set(statuses))
         if removed:
             print(f"hnet sweep: removed {removed} MLflow run(s) of trials lost when the driver was killed "
                   f"(their configurations ran again)", file=terminal(), flush=True)
         finish_parent_run(state["tracking_uri"], state["parent_run_id"], stats)
         state["finished"] = True
         _write_state(sweep_dir, state)
-    best = []  # among trials that learned every task
-    completed = frame[frame["tasks_done"] == spec.base.num_tasks] if "tasks_done" in frame else frame.iloc[:0]
-    if len(completed) and spec.metric in completed:
-        cols = [c for c in completed.columns if c.startswith("config/")]
-        top = completed.sort_values(spec.metric, ascending=spec.mode == "min").head(5)
-        best = [{"trial_id": r["trial_id"], spec.metric: r[spec.metric], "compression_ratio": r.get("compression_ratio"),
-                 **{c[len("config/"):]: r[c] for c in cols}} for _, r in top.iterrows()]
+    ranked = sorted((m for m in completed if spec.metric in m), key=lambda m: m[spec.metric],
+                    reverse=spec.mode == "max")[:5]  # among trials that learned every task
+    best = [{"trial_id": m["trial_id"], spec.metric: m[spec.metric], "compression_ratio": m.get("compression_ratio"),
+             **from_tune_config(m["config"], state_base(spec, sweep_dir)).to_dict()} for m in ranked]
     return {"sweep_dir": str(sweep_dir), "stats": stats, "best": best, "state": state}

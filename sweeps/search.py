@@ -25,9 +25,8 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from hnet.config import TrainConfig
-
 from .expand import Rejected, config_key, to_train_config
+from .record import to_tune_config
 from .spec import SpecError, SweepSpec
 
 
@@ -108,19 +107,6 @@ def check_feasible(spec: SweepSpec, probes: int = 300) -> int | None:
                     f"[{spec.compression_min}, {spec.compression_max}]")
 
 
-TRIAL_KEYS = ("config_group", "seed_index")  # trial config entries that are not TrainConfig fields
-
-
-def trial_config(cfg: TrainConfig, group: str, seed_index: int) -> dict[str, Any]:
-    """What a Tune trial receives: flat TrainConfig fields plus its configuration group."""
-    return {**cfg.to_flat_params(), "config_group": group, "seed_index": seed_index}
-
-
-def train_config_of(trial: dict[str, Any]) -> TrainConfig:
-    """Inverse of ``trial_config``: the validated TrainConfig of a trial."""
-    return TrainConfig.from_dict({k: v for k, v in trial.items() if k not in TRIAL_KEYS}).validate()
-
-
 class SweepSearcher(Searcher):
     def __init__(self, spec: SweepSpec, stats_file: str | None = None) -> None:
         objectives = spec.objectives
@@ -193,7 +179,8 @@ class SweepSearcher(Searcher):
                 continue
             self.seen[key] = group_id
             self.groups[group_id] = {"members": self.spec.seeds, "done": 0, "results": []}
-            self.pending = [trial_config(cfg.replace(seed=self.spec.base.seed + s), group_id, s)
+            base = self.spec.base.to_flat_params()
+            self.pending = [to_tune_config(cfg.replace(seed=self.spec.base.seed + s), base, group_id, s)
                             for s in range(self.spec.seeds)]
             self._write_stats()
             return

@@ -27,6 +27,7 @@ from hnet.counts import count_weights
 
 ALGORITHMS = ("tpe", "random", "grid", "nsga2")
 SCHEDULERS = ("none", "asha")
+KEEP_CHECKPOINTS = ("none", "best", "all")  # what a finished trial leaves in Tune's storage
 METRICS = ("acc_after_mean", "acc_during_mean", "val_acc_after_mean", "forgetting")  # what a search may optimise
 
 
@@ -61,6 +62,7 @@ class SweepSpec:
     asha_grace_tasks: int = at("scheduler.grace_tasks", 1)
     asha_reduction_factor: int = at("scheduler.reduction_factor", 2)
     max_failures: int = at("max_failures", 1)  # retries of a failed trial (from its last finished task)
+    keep_checkpoints: str = at("keep_checkpoints", "none")  # a finished trial's weights: none, best (by metric), all
     experiment: str = at("mlflow.experiment", "")  # MLflow experiment (default: the sweep name)
     tracking_uri: str = at("mlflow.tracking_uri", "sqlite:///mlflow.db")
     storage_path: str = at("storage_path", "ray_results")
@@ -190,6 +192,8 @@ def validate(spec: SweepSpec) -> None:
     need(spec.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
     need(spec.scheduler == "none" or spec.algorithm != "nsga2",
          "scheduler asha needs a single objective (nsga2 is multi-objective)")
+    need(spec.keep_checkpoints in KEEP_CHECKPOINTS,
+         f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got {spec.keep_checkpoints!r}")
     need(spec.max_failures >= 0, f"max_failures must be >= 0, got {spec.max_failures}")
     need(bool(spec.space), "space is empty: nothing to search")
     fields = set(spec.base.to_dict())

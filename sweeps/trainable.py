@@ -1,17 +1,22 @@
 """The Ray Tune trainable: one hnet continual-learning run, reported after every task.
 
 Each report carries a checkpoint (the trainer's own task-boundary checkpoint), so a
-failed, preempted or restored trial continues at its last finished task, not at task 0.
-The trainer itself knows nothing of Ray: ``TuneReporter`` is just a trainer callback.
+failed, preempted or restored trial continues at its last finished task, not at task 0; the
+trial deletes its older checkpoints once a newer one is stored. A finished trial's checkpoint
+is replaced by a *receipt* (``write_receipt``: its final result, no weights) unless the spec keeps
+it, so a sweep of thousands of trials leaves kilobytes per trial. The trainer itself knows nothing
+of Ray: ``TuneReporter`` is just a trainer callback.
 """
 from __future__ import annotations
 
+import io
 import pickle
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -22,7 +27,7 @@ from hnet.results import RESULT_METRICS
 from hnet.diagnostics import DeadUnits
 from hnet.trainer import Callback, resolve_device, train
 
-from .search import train_config_of
+from .record import from_tune_config
 
 
 def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -37,9 +42,36 @@ class TuneReporter(Callback):
         self.placement = placement  # where the trial runs: node, device, Ray's GPU ids (MLflow tags)
 
     def on_task_end(self, task: int, summary: dict[str, Any], checkpoint: Path | None) -> None:
-        with tempfile.TemporaryDirectory(prefix="hnet-ckpt-") as folder:
-            shutil.copy(checkpoint, Path(folder) / "checkpoint.pt")
-            tune.report(trial_metrics(summary) | self.placement, checkpoint=tune.Checkpoint.from_directory(folder))
+        report_with_file(trial_metrics(summary) | self.placement, checkpoint)
+
+
+def report_with_file(metrics: dict[str, Any], checkpoint: Path) -> None:
+    """Report to Tune with ``checkpoint`` (a file) as the trial's new checkpoint, then delete the trial's
+    other checkpoints: Tune has stored the new one when ``report`` returns (and keeps every checkpoint
+    otherwise: its own ``num_to_keep`` forces a save of the whole experiment state at every checkpoint).
+    By name, not by index: a resumed trial's folder can hold checkpoints of higher index than the one
+    Tune numbers next."""
+    with tempfile.TemporaryDirectory(prefix="hnet-ckpt-") as folder:
+        shutil.copy(checkpoint, Path(folder) / CHECKPOINT_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    storage = tune.get_context().get_storage()
+    fs, stored = storage.storage_filesystem, f"{storage.trial_fs_path}/{storage.checkpoint_dir_name}"
+    for old in stored_checkpoints(fs, storage.trial_fs_path):
+        if old.path != stored:
+            fs.delete_dir(old.path)
+
+
+def write_receipt(checkpoint: tune.Checkpoint, result: dict[str, Any], num_tasks: int) -> None:
+    """Replace a finished trial's checkpoint by its final result, without weights (a few KB). Tune's
+    saved state may still name it: a driver killed before saving the trial as finished restores the
+    trial, which reports the receipt's result again (``run_trial``) instead of training anew."""
+    fs = checkpoint.filesystem
+    buffer = io.BytesIO()
+    torch.save({"next_task": num_tasks, "final_result": {k: result[k] for k in RECEIPT_KEYS if k in result}}, buffer)
+    fs.create_dir(checkpoint.path)  # (gone, if something deleted it: the receipt is a checkpoint all the same)
+    with fs.open_output_stream(f"{checkpoint.path}/{CHECKPOINT_FILE}.tmp") as out:
+        out.write(buffer.getvalue())
+    fs.move(f"{checkpoint.path}/{CHECKPOINT_FILE}.tmp", f"{checkpoint.path}/{CHECKPOINT_FILE}")
 
 
 def placement(runtime: Runtime) -> tuple[Runtime, dict[str, str]]:
@@ -62,10 +94,12 @@ def placement(runtime: Runtime) -> tuple[Runtime, dict[str, str]]:
     return runtime, {"node_id": context.get_node_id(), "device": name, "gpu_ids": ",".join(gpu_ids)}
 
 
+CHECKPOINT_FILE = "checkpoint.pt"
+RECEIPT_KEYS = ("tasks_done", *RESULT_METRICS, "acc_matrix", "node_id", "device", "gpu_ids")  # what a re-report needs
+
+
 def stored_checkpoints(fs, trial_folder: str) -> list[tune.Checkpoint]:
     """Every checkpoint folder in a trial's storage folder (``fs``: a pyarrow file system, shared or object store)."""
-    import pyarrow.fs
-
     found = fs.get_file_info(pyarrow.fs.FileSelector(trial_folder, allow_not_found=True))
     return [tune.Checkpoint(path=info.path, filesystem=fs) for info in found
             if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")]
@@ -78,11 +112,16 @@ UNREADABLE = (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.Unpi
 
 
 def read_next_task(path: Path) -> int | None:
-    """The next task a trainer checkpoint file resumes at, or None when it cannot be read."""
+    """The next task a trainer checkpoint file (or a receipt) resumes at, or None when it cannot be read."""
     try:
         return int(torch.load(path, weights_only=True)["next_task"])
     except UNREADABLE:
         return None
+
+
+def read_receipt(path: Path) -> dict[str, Any] | None:
+    """The final result a receipt holds (None: a trainer checkpoint)."""
+    return torch.load(path, weights_only=True).get("final_result")
 
 
 def newest_readable(candidates: Iterable[tune.Checkpoint | None],
@@ -116,17 +155,22 @@ def restore_latest(local_checkpoint: Path) -> int | None:
     return newest_readable([tune.get_checkpoint(), *stored], local_checkpoint)[1]
 
 
-def run_trial(config: dict[str, Any], runtime: dict[str, Any] | None = None) -> None:
-    """Tune function trainable. ``config``: flat TrainConfig fields (see sweeps.search); ``runtime``:
-    the spec's Runtime fields (bound with ``tune.with_parameters``)."""
-    cfg = train_config_of(config)
+def run_trial(config: dict[str, Any], base: dict[str, str], runtime: dict[str, Any]) -> None:
+    """Tune function trainable. ``config``: the trial's fields that differ from the sweep's ``base``
+    (``sweeps.record.to_tune_config``); ``base`` and ``runtime`` (the spec's Runtime fields) are bound
+    with ``tune.with_parameters``."""
+    cfg = from_tune_config(config, base)
     work = Path(tempfile.mkdtemp(prefix="hnet-trial-"))
     try:
-        local_checkpoint = work / "checkpoint.pt"
+        local_checkpoint = work / CHECKPOINT_FILE
         resumed_at = restore_latest(local_checkpoint)  # retry or restore: continue after the last finished task
+        receipt = read_receipt(local_checkpoint) if resumed_at is not None else None
+        if receipt is not None:  # it had finished; the driver died before saving that: report it again
+            report_with_file(receipt, local_checkpoint)
+            return
         if resumed_at is not None:
             print(f"hnet trial: resuming at task {resumed_at} of {cfg.num_tasks} (0-based)", flush=True)
-        run, where = placement(Runtime.from_dict(runtime or {}))
+        run, where = placement(Runtime.from_dict(runtime))
         bench = load_benchmark(cfg, resolve_device(run.device), run.data_root)  # raw data cached per worker process
         reporter = TuneReporter(where)
         result = train(cfg, bench, callbacks=[reporter, DeadUnits()], checkpoint=local_checkpoint, resume=True, runtime=run)

@@ -57,6 +57,68 @@ class ExperimentStateBackup(tune.Callback):
                 fs.delete_dir(old.path)
 
 
+class FinishedCheckpoints(tune.Callback):
+    """What a finished trial leaves in Tune's storage (the spec's ``keep_checkpoints``): ``none``
+    replaces its checkpoint by a receipt of its result (``sweeps.trainable.write_receipt``), ``best``
+    does so except for the best completed trial so far by the search metric, ``all`` keeps them."""
+
+    def __init__(self, keep: str, metric: str, mode: str, num_tasks: int) -> None:
+        self.keep, self.metric, self.mode, self.num_tasks = keep, metric, mode, num_tasks
+        self.best: tuple[float, Any, dict] | None = None  # (value, checkpoint, result) of the kept one
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        forget_history(trial)
+        try:
+            self._keep_or_receipt(trial)
+        except OSError as exc:  # storage trouble must not fail a finished trial: its checkpoint stays
+            print(f"hnet sweep: could not replace the checkpoint of finished trial {trial.trial_id} by a receipt: "
+                  f"{exc}", flush=True)
+
+    def _keep_or_receipt(self, trial) -> None:
+        from .trainable import write_receipt
+
+        result, checkpoint = trial.last_result or {}, trial.checkpoint
+        if self.keep == "all" or checkpoint is None or "acc_matrix" not in result:
+            return
+        if self.keep == "best" and result.get("tasks_done") == self.num_tasks and self.metric in result:
+            value = result[self.metric] if self.mode == "max" else -result[self.metric]
+            if self.best is None or value > self.best[0]:
+                if self.best is not None:
+                    write_receipt(self.best[1], self.best[2], self.num_tasks)
+                self.best = (value, checkpoint, result)
+                return
+        write_receipt(checkpoint, result, self.num_tasks)
+
+
+def forget_history(trial) -> None:
+    """Drop what Tune remembers of a finished trial beyond its last result and checkpoint: running
+    statistics of every metric and a record per checkpoint (with the trial's config and metrics).
+    Tune rewrites all of it for every trial at each save of its experiment state: with thousands of
+    trials it is most of that state. (Tune's own num_to_keep trims the records but forces such a
+    save at every checkpoint.) Private attributes of Tune's trial metadata: skipped if they moved."""
+    metadata = getattr(trial, "run_metadata", None)
+    manager = getattr(metadata, "checkpoint_manager", None)
+    if metadata is None or not hasattr(metadata, "metric_analysis"):
+        return
+    metadata.metric_analysis, metadata.metric_n_steps = {}, {}
+    if isinstance(getattr(manager, "_checkpoint_results", None), list):
+        manager._checkpoint_results = manager._checkpoint_results[-1:]
+    metadata.invalidate_cache()
+
+
+def saved_statuses(fs: pyarrow.fs.FileSystem, experiment_path: str) -> dict[str, str]:
+    """Trial id -> status as Tune's newest saved experiment state has them (read as JSON: no trial
+    objects, no result files)."""
+    found = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path))
+    newest = max((f.path for f in found if f.base_name.startswith("experiment_state-")), default=None)
+    if newest is None:
+        return {}
+    with fs.open_input_stream(newest) as f:
+        state = json.loads(f.readall())
+    trials = (json.loads(trial_json) for trial_json, _ in state["trial_data"])
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
 def _state_is_whole(sweep_dir: Path) -> bool:
     """Tune's newest experiment state and searcher files in ``sweep_dir`` all load."""
     try:

@@ -243,30 +243,29 @@ def test_browser_lists_the_experiments_runs(store, tmp_path):
 
 def test_trial_record_round_trips_through_mlflow(store):
     """Writer and reader share sweeps/record.py: a trained trial's DataFrame row gives back the
-    configuration it trained with and the metrics of its results.json artifact."""
-    import json
-
+    configuration it trained with, its logged metrics, and its accuracy matrix from the one search
+    (the acc_matrix tag) equal to the one its per-task metrics give."""
     import mlflow
 
+    from analysis.runs import accuracy_matrix
     from hnet.config import TrainConfig
-    from sweeps.record import RESULT_METRICS, RESULTS_ARTIFACT, TrialRecord
+    from sweeps.record import RESULT_METRICS, TrialRecord
 
     uri, _ = store
-    frame = load_trials("a", uri)
+    frame = load_trials("a", uri, with_matrix=True)
     client = mlflow.tracking.MlflowClient(uri)
     completed = frame[frame["status"] == "completed"]
     assert len(completed) == 4
     for _, row in completed.iterrows():
         trial = TrialRecord.from_row(row)
-        with open(client.download_artifacts(row["run_id"], RESULTS_ARTIFACT)) as f:
-            written = json.load(f)
-        assert trial.config == TrainConfig.from_dict(written["config"])
+        run = client.get_run(row["run_id"]).data
+        assert trial.config == TrainConfig.from_dict(run.params)
         assert trial.config.seed in (0, 1) and trial.config.beta == 0.01
-        logged = {k: v for k, v in written.items() if k in RESULT_METRICS}
+        logged = {k: v for k, v in run.metrics.items() if k in RESULT_METRICS}
         assert trial.metrics.keys() == logged.keys() and all(trial.metrics[k] == pytest.approx(logged[k]) for k in logged)
         assert TrialRecord.from_row(trial.to_row()) == trial  # and back again
-        artifact = TrialRecord.from_result(written, trial.trial_id, trial.sweep_id)  # the artifact: the same record
-        assert artifact.config == trial.config and artifact.metrics.keys() == trial.metrics.keys()
-        assert artifact.acc_matrix and len(artifact.acc_matrix) == written["tasks_done"]
+        per_task = accuracy_matrix(client, row["run_id"])
+        assert len(trial.acc_matrix) == len(per_task) == trial.config.num_tasks
+        assert all(a == pytest.approx(b, abs=1e-3) for a, b in zip(trial.acc_matrix, per_task))
     params = client.get_run(completed["run_id"].iloc[0]).data.params
     assert set(params) == set(TrainConfig.field_names())  # experiment fields only: no runtime, no bookkeeping

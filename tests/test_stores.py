@@ -1,5 +1,6 @@
 """MLflow stores opened by many processes at once: a new SQLite store, a half-migrated one, and
 a tracking server on a real PostgreSQL database, each with real sweeps writing into it."""
+import json
 import os
 import shutil
 import socket
@@ -197,4 +198,4 @@ def test_two_sweeps_at_once_through_a_tracking_server_on_postgresql(tmp_path, tr
     two_sweeps_at_once(tmp_path, tracking_server)
     client = MlflowClient(tracking_server)
     runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id], "tags.role = 'trial'")
-    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == {"results.json", "acc_matrix.csv"}
+    assert all(json.loads(run.data.tags["acc_matrix"]) for run in runs)  # the matrix every search returns

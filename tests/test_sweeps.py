@@ -79,6 +79,7 @@ def runs(tmp_path, experiment="t"):
     ({"base": {"preset": "split_digits", "hnet_activation": "tanh"}}, "unknown hnet_activation"),
     ({"space": {"chunk_size": "fit"}}, "fit needs compression.max"),
     ({"scheduler": "hyperband"}, "scheduler must be one of"),
+    ({"keep_checkpoints": "some"}, "keep_checkpoints must be one of"),
     ({"colour": "blue"}, "unknown key"),
     ({"compression": {"max": 0.01}}, "lies in the compression range"),
 ])
@@ -103,8 +104,8 @@ def test_compression_filter_rejects_before_any_trial():
     searcher = SweepSearcher(spec)
     configs = [searcher.suggest(f"trial{i}") for i in range(8)]
     from hnet.counts import count_weights
-    from sweeps.search import train_config_of
-    ratios = [count_weights(train_config_of(c)).compression_ratio for c in configs]
+    from sweeps.record import from_tune_config
+    ratios = [count_weights(from_tune_config(c, spec.base.to_flat_params())).compression_ratio for c in configs]
     assert all(0.1 <= r <= 0.5 for r in ratios), ratios
     assert searcher.stats["architectures_rejected"] > 0
     # conditional space: a 1-layer draw has no size for layer 2
@@ -158,9 +159,15 @@ def test_shipped_specs_expand():
 
 
 def test_sweep_records_every_trial_and_survives_a_failing_one(tmp_path):
+    """Every trial a run (its accuracy matrix as per-task metrics and as one tag), failures recorded;
+    finished trials leave a receipt in Tune's storage, the best one (keep_checkpoints: best) its weights."""
+    import json
+
+    import torch
+
     path = write_spec(tmp_path, space={"beta": [0.01, 1e300], "lr": [0.001, 0.002]},  # 1e300: diverges at task 1
                       search={"algorithm": "grid", "seed": 0, "max_concurrent": 2}, num_samples=4, max_failures=0,
-                      compression={"max": 4.0})
+                      compression={"max": 4.0}, keep_checkpoints="best")
     proc = hnet("sweep", "run", str(path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "4 trials, 2 completed, 2 failed" in proc.stdout
@@ -176,7 +183,17 @@ def test_sweep_records_every_trial_and_survives_a_failing_one(tmp_path):
         for task in range(3):  # the accuracy matrix: task j measured after tasks j..2
             steps = [m.step for m in client.get_metric_history(run_id, f"acc_task_{task}")]
             assert steps == list(range(task, 3))
-        assert {a.path for a in client.list_artifacts(run_id)} == {"results.json", "acc_matrix.csv"}
+        matrix = json.loads(client.get_run(run_id).data.tags["acc_matrix"])
+        assert [len(row) for row in matrix] == [1, 2, 3]
+    left = []  # (accuracy, what the trial left in Tune's storage)
+    for _, trial in ok.iterrows():
+        folders = list((tmp_path / "ray_results").glob(f"*/trial_{trial['tags.trial_id']}/checkpoint_*"))
+        assert len(folders) == 1, folders  # older checkpoints deleted as newer ones arrived
+        left.append((trial["metrics.acc_after_mean"], torch.load(folders[0] / "checkpoint.pt", weights_only=True)))
+    receipts = [c for _, c in left if set(c) == {"next_task", "final_result"}]
+    assert len(receipts) == 1 and receipts[0]["final_result"]["acc_matrix"]  # the other trial: a receipt
+    kept = max(left, key=lambda x: ("final_result" not in x[1], x[0]))
+    assert kept[1]["next_task"] == 3 and kept[0] == max(acc for acc, _ in left)  # the best: the trainer's checkpoint
     for run_id in failed.run_id:  # the failing trials still logged task 0 before the NaN
         assert [m.step for m in client.get_metric_history(run_id, "acc_task_0")] == [0]
     assert parents["metrics.trials_failed"].iloc[0] == 2
@@ -287,7 +304,8 @@ def test_multi_objective_search_builds_a_pareto_front():
     """NSGA-II is told (accuracy, compression ratio) per configuration; its front is exactly the
     configurations no other one beats on both."""
     from hnet.counts import count_weights
-    from sweeps.search import _sizes_label, train_config_of
+    from sweeps.record import from_tune_config
+    from sweeps.search import _sizes_label
 
     spec = parse_spec({"name": "m", "base": TINY_BASE, "search": {"algorithm": "nsga2", "seed": 0},
                        "space": {"hnet_hidden": ["", "10", "25,25"], "chunk_size": [500, 1000, 2000]}})
@@ -295,7 +313,7 @@ def test_multi_objective_search_builds_a_pareto_front():
     assert [m for m, _ in spec.objectives] == ["acc_after_mean", "compression_ratio"]
     told = {}
     for i, acc in enumerate([91.0, 95.0, 89.0, 97.0, 93.0, 90.0]):
-        cfg = train_config_of(searcher.suggest(f"t{i}"))
+        cfg = from_tune_config(searcher.suggest(f"t{i}"), spec.base.to_flat_params())
         ratio = count_weights(cfg).compression_ratio
         searcher.on_trial_complete(f"t{i}", {"acc_after_mean": acc, "compression_ratio": ratio})
         told[(_sizes_label(cfg.hnet_hidden), cfg.chunk_size)] = (acc, ratio)
