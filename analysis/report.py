@@ -69,7 +69,7 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
         frame, log_to_mlflow = load_results_files(results_files), False
         source, experiment_id = ", ".join(portable(str(f)) for f in results_files), None
     else:
-        frame, source = load_trials(experiment, tracking_uri), portable(tracking_uri)
+        frame, source = load_trials(experiment, tracking_uri, with_matrix=True), portable(tracking_uri)
         experiment_id = open_store(tracking_uri).get_experiment_by_name(experiment).experiment_id
     if frame.empty:
         raise ValueError(f"experiment {experiment!r} at {source} holds no trial runs")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hnet.config import TrainConfig
 from sweeps import record
 from sweeps.store import open_store
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a trial table per sweep: no bar each
 CONFIG_FIELDS = [k for k in TrainConfig.field_names() if k != "seed"]  # identify a configuration across seeds
 
 

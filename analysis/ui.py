@@ -9,7 +9,7 @@ import sys
 
 from hnet.config import UserError
 from sweeps import record
-from sweeps.store import open_store
+from sweeps.store import analyze_store, open_store
 
 
 def check_port(host: str, port: int) -> None:
@@ -41,6 +41,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
     urls = view_urls(uri, base, args.experiment)  # a missing or broken store fails here, in one line
+    analyze_store(uri)  # the landing view sorts by a metric: fast only with SQLite's statistics
     print(f"MLflow UI for {uri}: {base}  (Ctrl-C stops it)", flush=True)
     for name, url in urls:
         print(f"  {name}: {url}", flush=True)

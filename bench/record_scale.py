@@ -5,8 +5,9 @@ Writes one sweep of N finished 10-task trials (synthetic accuracies; the configu
 params, per-task metrics and accuracy-matrix tag exactly as ``sweeps.mlflow_logging`` writes a
 real trial) into a fresh SQLite store, then times the readers: ``load_trials`` (with every
 accuracy matrix), the whole `hnet report` command, and the MLflow UI's landing query (the trial
-runs, best first, first page of 100). With ``--server`` the same reads go through an
-`mlflow server` on that store (127.0.0.1).
+runs, best first, first page of 100; before and after SQLite's statistics, which the end of a sweep
+and `hnet ui` refresh) and one trial's accuracy matrix. With ``--server`` the same reads go
+through an `mlflow server` on that store (127.0.0.1).
 
     python bench/record_scale.py --trials 1000 10000 --server
 """
@@ -27,7 +28,7 @@ from hnet.results import summarize
 from sweeps.mlflow_logging import MLflowTrialLogger, start_parent_run
 from sweeps.record import to_tune_config
 from sweeps.spec import parse_spec
-from sweeps.store import open_store
+from sweeps.store import analyze_store, open_store
 
 TASKS = 10
 
@@ -73,6 +74,9 @@ def time_reads(uri: str, folder: Path) -> dict[str, float]:
                               max_results=100)
     out["ui_landing_s"] = time.perf_counter() - started
     assert len(page) == 100
+    started = time.perf_counter()
+    assert client.get_run(frame.loc[0, "run_id"]).data.tags["acc_matrix"]
+    out["one_matrix_s"] = time.perf_counter() - started  # one trial's accuracy matrix: one read
     out["trials"] = len(frame)
     return out
 
@@ -89,7 +93,7 @@ def main() -> None:
     ap.add_argument("--server", action="store_true", help="also read through an mlflow server on the store")
     args = ap.parse_args()
     print(f"{'N':>7}{'store':>8}{'write s':>9}{'load_trials s':>15}{'hnet report s':>15}{'UI landing s':>14}"
-          f"{'store KB/trial':>16}", flush=True)
+          f"{'1 matrix s':>12}{'store KB/trial':>16}", flush=True)
     for n in args.trials:
         with tempfile.TemporaryDirectory(prefix="record-scale-") as tmp:
             folder = Path(tmp)
@@ -98,7 +102,15 @@ def main() -> None:
             size = sum(f.stat().st_size for f in folder.glob("mlflow.db*")) / 1024 / n
             reads = time_reads(uri, folder)
             print(f"{n:>7}{'sqlite':>8}{wrote:>9.0f}{reads['load_trials_s']:>15.2f}{reads['hnet_report_s']:>15.2f}"
-                  f"{reads['ui_landing_s']:>14.2f}{size:>16.1f}", flush=True)
+                  f"{reads['ui_landing_s']:>14.2f}{reads['one_matrix_s']:>12.3f}{size:>16.1f}   no statistics",
+                  flush=True)
+            started = time.perf_counter()
+            analyze_store(uri)  # what the end of a sweep and `hnet ui` do
+            analyzed = time.perf_counter() - started
+            reads = time_reads(uri, folder)
+            print(f"{n:>7}{'sqlite':>8}{'':>9}{reads['load_trials_s']:>15.2f}{reads['hnet_report_s']:>15.2f}"
+                  f"{reads['ui_landing_s']:>14.2f}{reads['one_matrix_s']:>12.3f}{'':>16}   after ANALYZE "
+                  f"({analyzed:.1f} s)", flush=True)
             if args.server:
                 port = free_port()
                 server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host",
@@ -114,7 +126,7 @@ def main() -> None:
                             time.sleep(0.5)
                     reads = time_reads(http, folder)
                     print(f"{n:>7}{'server':>8}{'':>9}{reads['load_trials_s']:>15.2f}{reads['hnet_report_s']:>15.2f}"
-                          f"{reads['ui_landing_s']:>14.2f}", flush=True)
+                          f"{reads['ui_landing_s']:>14.2f}{reads['one_matrix_s']:>12.3f}", flush=True)
                 finally:
                     server.terminate()
                     server.wait(30)

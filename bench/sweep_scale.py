@@ -7,8 +7,8 @@ MLflow SQLite store, a checkpoint after every task), on a generated spec of triv
 wall seconds, seconds per trial, trials per second, the driver's peak resident memory (the
 `hnet` process only: not Ray's daemons nor the trial workers), and what the run left on disk
 per finished trial (Tune's storage; the MLflow store with its artifacts); for the Ray backend the
-most trials that ran at one moment (`peak`, from the trials' start and end times Tune saved; Tune's
-timestamps are whole seconds, so for sub-second trials it is approximate).
+most trials that ran at one moment (`peak`: from each trial's start and last result as Tune's driver
+saw them).
 
     python bench/sweep_scale.py --trials 200                       # both backends, 2 slots
     python bench/sweep_scale.py --trials 100 1000 --slots 2 --no-pool
@@ -63,10 +63,11 @@ def timed(command: list[str], log: Path) -> tuple[float, int, int]:
             nonlocal peak
             while proc.poll() is None:
                 try:
-                    hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
-                    peak = max(peak, int(hwm.split()[1]) * 1024)
-                except (OSError, StopIteration, ValueError):
+                    hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
+                except OSError:  # it ended
                     return
+                if hwm:  # (not yet while the process starts)
+                    peak = max(peak, int(hwm[0].split()[1]) * 1024)
                 time.sleep(0.2)
 
         thread = threading.Thread(target=watch, daemon=True)
@@ -78,10 +79,11 @@ def timed(command: list[str], log: Path) -> tuple[float, int, int]:
 
 
 def peak_running(storage: Path) -> int:
-    """The most trials running at one moment, from each trial's start and end in Tune's saved state."""
+    """The most trials running at one moment, from each trial's start and last result as Tune's driver
+    saw them (its saved state)."""
     (state,) = storage.glob("*/experiment_state-*.json")
-    last = [json.loads(metadata)["last_result"] for _, metadata in json.loads(state.read_text())["trial_data"]]
-    events = sorted([(r["timestamp"] - r["time_total_s"], 1) for r in last] + [(r["timestamp"], -1) for r in last])
+    meta = [json.loads(metadata) for _, metadata in json.loads(state.read_text())["trial_data"]]
+    events = sorted([(m["start_time"], 1) for m in meta] + [(m["last_result_time"], -1) for m in meta])
     running = peak = 0
     for _, change in events:
         running += change
@@ -96,7 +98,7 @@ def run(backend: str, trials: int, slots: int) -> dict[str, float]:
         command = [*HNET, "sweep", "run", str(spec)]
         if backend == "pool":
             command += ["--backend", "pool", "--workers", str(slots), "--results", str(folder / "pool.jsonl")]
-        wall, rc, peak = timed(command, folder / "log.txt")
+        wall, rc, rss = timed(command, folder / "log.txt")
         if rc != 0:
             sys.exit(f"sweep_scale: {backend} run failed (exit {rc}):\n" + (folder / "log.txt").read_text()[-3000:])
         finished = trials
@@ -107,13 +109,13 @@ def run(backend: str, trials: int, slots: int) -> dict[str, float]:
                 [mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db").get_experiment_by_name("scale").experiment_id],
                 filter_string="tags.role = 'trial' and attributes.status = 'FINISHED'", max_results=50_000)
             finished = len(runs)
-        peak = peak_running(folder / "ray_results") if backend == "ray" else slots
+        running = peak_running(folder / "ray_results") if backend == "ray" else slots
         tune_bytes = folder_bytes(folder / "ray_results")
         mlflow_bytes = folder_bytes(folder / "mlartifacts") + sum(
             f.stat().st_size for f in folder.glob("mlflow.db*"))
-    return {"backend": backend, "trials": trials, "slots": slots, "finished": finished, "peak_running": peak,
+    return {"backend": backend, "trials": trials, "slots": slots, "finished": finished, "peak_running": running,
             "wall_s": wall,
-            "s_per_trial": wall / trials, "trials_per_s": trials / wall, "driver_peak_mb": peak / 2**20,
+            "s_per_trial": wall / trials, "trials_per_s": trials / wall, "driver_peak_mb": rss / 2**20,
             "tune_kb_per_trial": tune_bytes / 1024 / trials, "mlflow_kb_per_trial": mlflow_bytes / 1024 / trials}
 
 

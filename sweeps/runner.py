@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .spec import SpecError, SweepSpec
-from .store import ensure_store
+from .store import analyze_store, ensure_store
 
 STATE_FILE = "hnet_sweep.json"  # name, sweep_id, parent_run_id, tracking_uri, finished, base: read on resume
 SEARCH_STATS = "search_stats.json"  # architectures drawn / rejected by the compression filter
@@ -259,6 +259,7 @@ def finalise(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any], results, s
         finish_parent_run(state["tracking_uri"], state["parent_run_id"], stats)
         state["finished"] = True
         _write_state(sweep_dir, state)
+    analyze_store(state["tracking_uri"])  # the UI's sorted views stay fast as the store grows
     ranked = sorted((m for m in completed if spec.metric in m), key=lambda m: m[spec.metric],
                     reverse=spec.mode == "max")[:5]  # among trials that learned every task
     best = [{"trial_id": m["trial_id"], spec.metric: m[spec.metric], "compression_ratio": m.get("compression_ratio"),

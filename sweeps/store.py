@@ -97,6 +97,17 @@ def ensure_store(tracking_uri: str, create: bool = True) -> None:
     raise StoreError(f"cannot read the MLflow store {path}: {detail}")
 
 
+def analyze_store(tracking_uri: str) -> None:
+    """Refresh SQLite's table statistics of a SQLite store (``ANALYZE``; ~0.4 s at 10,000 runs).
+    Without them SQLite joins the MLflow UI's sort by a metric as a nested scan: 6.3 s at 10,000
+    runs instead of 0.05 s (docs/sweep_scale.md). Other stores keep their own statistics."""
+    path = sqlite_path(tracking_uri)
+    if path is None or not path.is_file():
+        return
+    with sqlite3.connect(path, timeout=60) as db:
+        db.execute("analyze")
+
+
 def open_store(tracking_uri: str, create: bool = True):
     """An ``MlflowClient`` on ``tracking_uri`` once ``ensure_store`` has made it safe."""
     from mlflow.tracking import MlflowClient

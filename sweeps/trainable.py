@@ -29,6 +29,9 @@ from hnet.trainer import Callback, resolve_device, train
 
 from .record import from_tune_config
 
+CHECKPOINT_FILE = "checkpoint.pt"
+RECEIPT_KEYS = ("tasks_done", *RESULT_METRICS, "acc_matrix", "node_id", "device", "gpu_ids")  # what a re-report needs
+
 
 def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """Tune metrics after a task: running means over the tasks learned so far."""
@@ -92,10 +95,6 @@ def placement(runtime: Runtime) -> tuple[Runtime, dict[str, str]]:
               f"training on the CPU", flush=True)
     name = f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
     return runtime, {"node_id": context.get_node_id(), "device": name, "gpu_ids": ",".join(gpu_ids)}
-
-
-CHECKPOINT_FILE = "checkpoint.pt"
-RECEIPT_KEYS = ("tasks_done", *RESULT_METRICS, "acc_matrix", "node_id", "device", "gpu_ids")  # what a re-report needs
 
 
 def stored_checkpoints(fs, trial_folder: str) -> list[tune.Checkpoint]:

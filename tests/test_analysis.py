@@ -269,3 +269,40 @@ def test_trial_record_round_trips_through_mlflow(store):
         assert all(a == pytest.approx(b, abs=1e-3) for a, b in zip(trial.acc_matrix, per_task))
     params = client.get_run(completed["run_id"].iloc[0]).data.params
     assert set(params) == set(TrainConfig.field_names())  # experiment fields only: no runtime, no bookkeeping
+
+
+def test_load_trials_joins_the_trial_table_with_runs_it_does_not_hold(tmp_path):
+    """A sweep's trial table (one download) plus one search for what ended after it was written or
+    still runs: the same trials, statuses and matrices as reading every run by search."""
+    from hnet.results import summarize
+    from sweeps import record
+    from sweeps.mlflow_logging import MLflowTrialLogger, start_parent_run
+    from sweeps.spec import parse_spec
+    from sweeps.store import analyze_store
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = parse_spec({"name": "j", "base": {"preset": "split_digits", "num_tasks": 2}, "space": {"beta": [0.1, 1.0]},
+                       "mlflow": {"experiment": "j", "tracking_uri": uri}})
+    base = spec.base.to_flat_params()
+    writer = MLflowTrialLogger(spec, start_parent_run(spec, "j-1", str(tmp_path)), "j-1")
+
+    def write(i: int, status: str | None, tasks: int = 2) -> None:
+        matrix = [[90.0 + i, 80.0 + i][:t + 1] for t in range(tasks)]
+        result = {"tasks_done": tasks, "acc_matrix": matrix, "acc_after_mean": summarize(matrix)["acc_after_mean"]}
+        writer._write(f"t{i}", record.to_tune_config(spec.base.replace(beta=0.1 * (i + 1)), base, f"t{i}", 0),
+                      result, status, None)
+
+    for i in range(3):
+        write(i, "completed")
+    writer._write_table(force=True)  # the table holds t0..t2
+    time.sleep(0.01)
+    write(3, "pruned", tasks=1)  # ended after the table was written
+    write(4, None, tasks=1)  # still running
+    analyze_store(uri)
+    frame = load_trials("j", uri, with_matrix=True).set_index("trial_id")
+    assert sorted(frame.index) == ["t0", "t1", "t2", "t3", "t4"]
+    assert frame["status"].to_dict() == {"t0": "completed", "t1": "completed", "t2": "completed", "t3": "pruned",
+                                         "t4": "running"}
+    assert frame.loc["t2", "acc_matrix"] == [[92.0], [92.0, 82.0]] and frame.loc["t4", "acc_matrix"] == [[94.0]]
+    assert frame.loc["t1", "beta"] == "0.2" and frame.loc["t1", "acc_after_mean"] == pytest.approx(86.0)
+    assert int(writer.client.get_run(writer.parent_run_id).data.tags[record.TABLE_TIME]) > 0
