@@ -72,7 +72,9 @@ def wait_until_mid_trial(folder: Path, proc: subprocess.Popen) -> None:
     deadline = time.time() + 300
     while time.time() < deadline:
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
-        done = [len(list(trial.glob("checkpoint_*"))) for trial in folder.glob("ray_results/*/trial_*")]
+        # tasks finished: Tune numbers a trial's checkpoints 0, 1, ... (one per task; older ones are deleted)
+        done = [max((int(c.name.split("_")[1]) + 1 for c in trial.glob("checkpoint_*")), default=0)
+                for trial in folder.glob("ray_results/*/trial_*")]
         if len(done) == 2 and all(1 <= d < NUM_TASKS - 1 for d in done):
             return
         if any(d >= NUM_TASKS - 1 for d in done):
