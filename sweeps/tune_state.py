@@ -28,13 +28,20 @@ class ExperimentStateBackup(tune.Callback):
     """Copies Tune's last saved state into ``STATE_BACKUP/<mtime>/`` (COMPLETE marks a whole copy).
 
     Tune's staging copy on the driver is written synchronously, so between two loop steps it
-    is whole; copy it whenever it changed, then drop older copies.
+    is whole; copy it whenever it changed, then drop older copies. Also at the end of the experiment
+    (Ctrl-C included), after Tune's last save: the backup is then as new as the state.
     """
 
     def __init__(self) -> None:
         self._copied: int | None = None
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self._back_up(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._back_up(trials)
+
+    def _back_up(self, trials: list) -> None:
         if not trials:
             return
         storage = trials[0].storage
