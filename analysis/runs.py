@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -40,10 +39,8 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
                                      max_results=50_000):
         written = parent.data.tags.get(record.TABLE_TIME)
         if written:
-            with tempfile.TemporaryDirectory() as folder:
-                path = client.download_artifacts(parent.info.run_id, record.TABLE_ARTIFACT, folder)
-                lines = Path(path).read_text().splitlines()
-            trials.update((t.run_id, t) for t in map(record.TrialRecord.from_line, filter(str.strip, lines)))
+            lines = record.read_table(client, parent.info.run_id)
+            trials.update((t.run_id, t) for t in map(record.TrialRecord.from_line, lines))
         sweep = f"tags.{record.ROLE} = '{record.ROLE_TRIAL}' and tags.{record.SWEEP_ID} = " \
                 f"'{parent.data.tags.get(record.SWEEP_ID)}'"
         searches = [f"{sweep} and attributes.status = 'RUNNING'", f"{sweep} and attributes.end_time > {written}"] \

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import queue
 import subprocess
-import tempfile
 import threading
 import time
 from importlib import metadata
@@ -236,10 +235,8 @@ class MLflowTrialLogger(tune.Callback):
             if run.info.status != "RUNNING" and run.data.tags.get(record.STATUS) is None:
                 self.client.update_run(run.info.run_id, status="RUNNING")
         if self.client.get_run(self.parent_run_id).data.tags.get(record.TABLE_TIME):  # continue the table
-            with tempfile.TemporaryDirectory() as folder:
-                path = self.client.download_artifacts(self.parent_run_id, record.TABLE_ARTIFACT, folder)
-                lines = Path(path).read_text().splitlines()
-            self._table = {json.loads(line)["trial_id"]: line for line in lines if line.strip()}
+            lines = record.read_table(self.client, self.parent_run_id)
+            self._table = {json.loads(line)["trial_id"]: line for line in lines}
             self._table_written = (len(self._table), time.monotonic())
 
     def _write(self, trial_id: str, tune_config: dict[str, Any], result: dict[str, Any], status: str | None,

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from hnet.config import TrainConfig
@@ -146,6 +148,14 @@ def matrix_tag(matrix: list[list[float]]) -> str | None:
     a tag (about 40+ tasks): readers then rebuild it from the per-task metrics."""
     text = json.dumps([[round(a, 3) for a in row] for row in matrix], separators=(",", ":"))
     return text if len(text) <= MAX_TAG_LENGTH else None
+
+
+def read_table(client, parent_run_id: str) -> list[str]:
+    """The lines of a sweep's trial table (``client``: an ``MlflowClient``; the parent run has one when it
+    has the ``TABLE_TIME`` tag)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(parent_run_id, TABLE_ARTIFACT, folder)
+        return [line for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 TUNE_KEYS = (CONFIG_GROUP, SEED_INDEX)  # Tune config entries that are not TrainConfig fields

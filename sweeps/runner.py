@@ -113,7 +113,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
             console.log_to(sweep_dir / LOG_FILE)
             print(f"hnet sweep: Ray, Tune, MLflow and trial output go to {sweep_dir / LOG_FILE} (--verbose: here)",
                   file=terminal(), flush=True)
-        tuner = restore_tuner(spec, sweep_dir) if found else None
+        tuner = restore_tuner(spec, sweep_dir, state) if found else None
         if tuner is None:
             tuner = build_tuner(spec, sweep_dir, state)
         # Tune's end-of-run analysis looks for per-trial result files this sweep does not write (TUNE_ENV)
@@ -153,7 +153,7 @@ def find_unfinished(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
     return candidates[-1], state
 
 
-def restore_tuner(spec: SweepSpec, sweep_dir: Path):
+def restore_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
     """Tune's experiment in ``sweep_dir`` restored, or None when the driver died before Tune saved it
     (the sweep then starts again in the same folder and MLflow run; runs it began are removed at the end)."""
     from ray import tune
@@ -173,13 +173,13 @@ def restore_tuner(spec: SweepSpec, sweep_dir: Path):
         print(f"hnet sweep: {moved} trial(s) resume from a newer checkpoint than Tune's state names (the driver "
               f"died before Tune saved it)", file=terminal(), flush=True)
     print(f"hnet sweep: resuming {sweep_dir}", file=terminal(), flush=True)
-    return tune.Tuner.restore(str(sweep_dir), trainable=_trainable(spec, state_base(spec, sweep_dir)),
+    return tune.Tuner.restore(str(sweep_dir), trainable=_trainable(spec, base_of(spec, state)),
                               resume_unfinished=True, resume_errored=True)
 
 
-def state_base(spec: SweepSpec, sweep_dir: Path) -> dict[str, str]:
-    """The base its trials' Tune configs are relative to (a sweep begun before base was saved: full configs)."""
-    return _read_state(sweep_dir).get("base", spec.base.to_flat_params())
+def base_of(spec: SweepSpec, state: dict[str, Any]) -> dict[str, str]:
+    """The base a sweep's Tune configs are relative to (a sweep begun before base was saved: full configs)."""
+    return state.get("base", spec.base.to_flat_params())
 
 
 def create_sweep(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
@@ -222,7 +222,7 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
                                   reduction_factor=spec.asha_reduction_factor)
     reporter = ProgressLine(spec.num_trials, spec.metric, spec.mode, spec.base.num_tasks)
     return tune.Tuner(
-        _trainable(spec, state["base"]),
+        _trainable(spec, base_of(spec, state)),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials,
                                     trial_dirname_creator=trial_dirname,
                                     reuse_actors=True),  # a new worker process per trial costs seconds
@@ -251,6 +251,8 @@ def finalise(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any], results, s
     errors = len(results.errors)
     stats = {"trials": len(results), "trials_completed": len(completed), "trials_failed": errors,
              "trials_pruned": len(results) - len(completed) - errors, "sweep_wall_seconds": time.time() - started}
+    if (sweep_dir / SEARCH_STATS).exists():
+        stats.update(json.loads((sweep_dir / SEARCH_STATS).read_text()))
     # finished: every trial exists and ended. The in-memory ResultGrid calls interrupted trials
     # terminated; the persisted experiment state keeps them PENDING/RUNNING, so ask it.
     statuses = saved_statuses(results.filesystem, results.experiment_path)
@@ -266,6 +268,7 @@ def finalise(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any], results, s
     analyze_store(state["tracking_uri"])  # the UI's sorted views stay fast as the store grows
     ranked = sorted((m for m in completed if spec.metric in m), key=lambda m: m[spec.metric],
                     reverse=spec.mode == "max")[:5]  # among trials that learned every task
+    base = base_of(spec, state)
     best = [{"trial_id": m["trial_id"], spec.metric: m[spec.metric], "compression_ratio": m.get("compression_ratio"),
-             **from_tune_config(m["config"], state_base(spec, sweep_dir)).to_dict()} for m in ranked]
+             **from_tune_config(m["config"], base).to_dict()} for m in ranked]
     return {"sweep_dir": str(sweep_dir), "stats": stats, "best": best, "state": state}

@@ -197,6 +197,7 @@ def test_sweep_records_every_trial_and_survives_a_failing_one(tmp_path):
     for run_id in failed.run_id:  # the failing trials still logged task 0 before the NaN
         assert [m.step for m in client.get_metric_history(run_id, "acc_task_0")] == [0]
     assert parents["metrics.trials_failed"].iloc[0] == 2
+    assert parents["metrics.architectures_drawn"].iloc[0] >= 4  # the searcher's statistics reach the parent run
 
 
 def test_interrupted_sweep_resumes_with_one_run_per_trial(tmp_path):
