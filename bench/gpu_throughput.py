@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from hnet.config import Runtime, TrainConfig
-from sweeps.expand import expand
+from sweeps.space import plan
 from sweeps.spec import load_spec
 
 
@@ -110,7 +110,7 @@ def main() -> None:
 
     spec = load_spec(args.spec)
     spec.num_samples, spec.seeds = args.trials, 1
-    configs = expand(spec)
+    configs = plan(spec).configs
     cores = len(os.sched_getaffinity(0))
     name = torch.cuda.get_device_name(args.device)
     iters_per_trial = configs[0].iters * configs[0].num_tasks

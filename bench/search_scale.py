@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Search at scale: seconds per suggestion of the sweep's searchers after N finished trials.
 
-For each algorithm, an Optuna study on a spec's space (``sweeps.search.make_sampler`` and
+For each algorithm that learns from results (TPE, NSGA-II; grid and random search are planned up
+front by ``sweeps.space``), an Optuna study on a spec's space (``sweeps.search.make_sampler`` and
 ``sample_config``, as the Ray backend drives them) is told N finished trials with random
 accuracies, then the next suggestions are timed (ask, draw the space, tell), and the size of
 the searcher's pickled state (what Tune saves with every experiment snapshot).
@@ -26,7 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default="fig_a7_splitmnist")
     ap.add_argument("--finished", type=int, nargs="+", default=[100, 1000, 2000])
-    ap.add_argument("--algorithms", nargs="+", default=["tpe", "random"])
+    ap.add_argument("--algorithms", nargs="+", default=["tpe", "nsga2"])
     ap.add_argument("--timed", type=int, default=20, help="suggestions timed after the N finished ones")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     except KeyboardInterrupt:
         print("hnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hnet ... | head`: the reader left; stay quiet as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
 
 
 if __name__ == "__main__":

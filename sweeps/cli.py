@@ -45,17 +45,17 @@ def _load(args: argparse.Namespace) -> SweepSpec:
         spec.max_concurrent = args.max_concurrent
     if spec.runtime.data_root and "://" not in spec.runtime.data_root:  # trials run in other folders
         spec.runtime = spec.runtime.replace(data_root=str(Path(spec.runtime.data_root).resolve()))
+    from .space import check_feasible  # the compression filter (no Ray or Optuna): one space for both backends
+
+    planned = check_feasible(spec)
+    if planned is not None and spec.num_samples > planned:
+        print(f"hnet sweep: the space has {planned} trainable configurations: num_samples {spec.num_samples} -> "
+              f"{planned}", file=sys.stderr)
+        spec.num_samples = planned
     if getattr(args, "backend", "ray") == "pool":
-        return spec  # sweeps.expand checks the space; Ray and Optuna may be missing; threads: sweeps.pool
+        return spec  # threads: sweeps.pool
     if spec.runtime.threads == 0:  # one torch thread per reserved CPU (no oversubscription)
         spec.runtime = spec.runtime.replace(threads=max(1, math.floor(spec.cpus_per_trial)))
-    from .search import check_feasible  # imports Ray and Optuna: only once the spec is valid
-
-    grid_size = check_feasible(spec)
-    if grid_size is not None and spec.num_samples > grid_size:
-        print(f"hnet sweep: the grid has {grid_size} trainable points: num_samples {spec.num_samples} -> {grid_size}",
-              file=sys.stderr)
-        spec.num_samples = grid_size
     return spec
 
 
@@ -80,38 +80,53 @@ def _set_fields(spec: SweepSpec, items: list[str]) -> None:
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    import optuna
-
+    """The configurations a sweep would train: grid and random search in the order both backends train
+    them; TPE and NSGA-II as Optuna draws them before it has learned anything."""
     from hnet.counts import count_weights
 
-    from .expand import Rejected, to_train_config
-    from .search import make_sampler, sample_config
+    from .space import PLANNED, Rejected, plan, to_train_config
 
     spec = _load(args)
+    shown = list(spec.space) + ([] if "chunk_size" in spec.space else ["chunk_size"])
+    print(f"{'#':>4}  {'status':<9}{'compression':>12}{'hnet weights':>14}  configuration")
+
+    def row(i: int, status: str, ratio: str, weights: str, values: dict) -> None:
+        print(f"{i:>4}  {status:<9}{ratio:>12}{weights:>14}  " + " ".join(f"{k}={v}" for k, v in values.items()))
+
+    if spec.algorithm in PLANNED:
+        planned = plan(spec)
+        for i, cfg in enumerate(planned.configs):
+            counts = count_weights(cfg)
+            row(i, "planned", f"{counts.compression_ratio:.4f}", f"{counts.hnet_weights:,}",
+                {k: getattr(cfg, k) for k in shown})
+        print(f"\n{len(planned.configs)} configurations x {spec.seeds} seed(s) = {len(planned.configs) * spec.seeds} "
+              f"trials, trained in this order (seed by seed) by both backends; {planned.drawn} drawn, "
+              f"{planned.rejected} outside the compression range [{spec.compression_min}, {spec.compression_max}], "
+              f"{planned.duplicates} repeated.")
+        return 0
+    import optuna
+
+    from .search import drawn_values, make_sampler, sample_config
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize" if m == "max" else "minimize" for _, m in spec.objectives]
     study = optuna.create_study(sampler=make_sampler(spec), directions=directions)
     accepted = 0
-    print(f"{'#':>4}  {'status':<9}{'compression':>12}{'hnet weights':>14}  configuration")
     for i in range(spec.num_samples):
         trial = study.ask()
         sample_config(trial, spec)
         try:
-            cfg = to_train_config(spec, trial.params)
+            cfg = to_train_config(spec, drawn_values(trial.params))
             counts = count_weights(cfg)
             accepted += 1
-            status, ratio, weights = "accepted", f"{counts.compression_ratio:.4f}", f"{counts.hnet_weights:,}"
-            shown = dict(trial.params) | ({"chunk_size": cfg.chunk_size} if cfg.generated_classifier else {})  # derived by "fit"
+            row(i, "accepted", f"{counts.compression_ratio:.4f}", f"{counts.hnet_weights:,}",
+                {k: getattr(cfg, k) for k in shown})
         except Rejected as exc:
-            ratio = "-" if exc.ratio is None else f"{exc.ratio:.4f}"
-            status, weights, shown = "rejected", "-", trial.params
-        try:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing is trained in a dry run
-        except RuntimeError:  # a used-up GridSampler stops the study, which Optuna allows only inside optimize()
-            pass
-        print(f"{i:>4}  {status:<9}{ratio:>12}{weights:>14}  " + " ".join(f"{k}={v}" for k, v in shown.items()))
+            row(i, "rejected", "-" if exc.ratio is None else f"{exc.ratio:.4f}", "-", trial.params)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing is trained in a dry run
     print(f"\n{accepted} of {spec.num_samples} drawn configurations lie in the compression range "
-          f"[{spec.compression_min}, {spec.compression_max}]; a real sweep redraws rejected ones and trains "
+          f"[{spec.compression_min}, {spec.compression_max}]; {spec.algorithm} learns from finished trials, so a real "
+          f"sweep draws differently after its first ones, redraws rejected ones and trains "
           f"{spec.num_samples} configurations x {spec.seeds} seed(s) = {spec.num_trials} trials.")
     return 0
 
@@ -119,17 +134,20 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.backend == "pool":
         return cmd_run_pool(args)
-    for flag in ("workers", "results", "time_limit"):
+    for flag in ("workers", "time_limit"):
         if getattr(args, flag) is not None:
             raise SpecError(f"--{flag.replace('_', '-')} belongs to --backend pool")
+    spec = _load(args)  # validated before Ray starts
+    results = Path(args.results) if args.results else None
+    if results and not args.resume and nothing_left(spec, results):
+        return 0
     from .runner import run_sweep
 
-    spec = _load(args)  # validated before Ray starts
     print(f"hnet sweep: {spec.name}: {spec.num_samples} configurations x {spec.seeds} seed(s), "
           f"{spec.algorithm} search, {spec.base.benchmark}, MLflow {spec.tracking_uri} (experiment {spec.experiment!r})",
           flush=True)
     summary = run_sweep(spec, address=args.address, resume=args.resume, resource_check=args.resource_check,
-                        verbose=args.verbose)
+                        verbose=args.verbose, results=results)
     stats = summary["stats"]
     print(f"\nsweep {summary['state']['sweep_id']}: {stats['trials']} trials, {stats['trials_completed']} completed, "
           f"{stats['trials_failed']} failed, {stats['trials_pruned']} pruned/unfinished, "
@@ -140,12 +158,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             cfg = {k: row.get(k) for k in list(spec.space) + ["chunk_size", "seed"] if k in row}
             print(f"  {row['trial_id']}  {spec.metric}={row[spec.metric]:.2f}  "
                   f"compression={row['compression_ratio']:.4f}  " + " ".join(f"{k}={v}" for k, v in cfg.items()))
+    if "results_appended" in stats:
+        print(f"{stats['results_appended']} completed trial(s) appended to {summary['state']['results']}")
     if not summary["state"].get("finished"):
         print(f"sweep not finished: run `hnet sweep run {args.spec} --resume` to complete it", file=sys.stderr)
     print(f"results: hnet ui --tracking-uri {spec.tracking_uri} --experiment {spec.experiment}   (opens on the trial "
           f"runs); hnet report {spec.experiment} --tracking-uri {spec.tracking_uri}   (Fig. A7 and tables, also "
           f"attached to the sweep's run); Tune folder {summary['sweep_dir']}")
     return 0
+
+
+def nothing_left(spec: SweepSpec, results: Path) -> bool:
+    """True (after saying so) when a results file already holds every trial of a grid or random spec."""
+    from .results_file import done_configs
+    from .space import PLANNED, config_key, plan, trials
+
+    if spec.algorithm not in PLANNED:
+        return False
+    planned = trials(spec, plan(spec).configs)
+    done = done_configs(results)
+    left = sum(config_key(t) not in done for t in planned)
+    if left == 0:
+        print(f"hnet sweep: {spec.name}: all {len(planned)} trials are in {results}: nothing to run")
+    elif left < len(planned):
+        print(f"hnet sweep: {spec.name}: {len(planned) - left} of {len(planned)} trials are in {results}; "
+              f"running the other {left}", flush=True)
+    return left == 0
 
 
 def cmd_run_pool(args: argparse.Namespace) -> int:
@@ -189,11 +227,14 @@ def add_sweep_parser(sub: argparse._SubParsersAction, parser_class) -> None:
                      help="start even if no node can hold a trial now (an autoscaler will add one)")
     run.add_argument("--backend", choices=("ray", "pool"), default="ray",
                      help="ray: Ray Tune + Optuna, recorded in MLflow (default); pool: worker processes on this "
-                          "machine without Ray, Optuna or MLflow (grid and random search), one JSON line per trial")
+                          "machine without Ray, Optuna or MLflow (grid and random search: the same trials in the "
+                          "same order as ray), one JSON line per trial")
     run.add_argument("--workers", type=int, help="pool: trials at once (default: search.max_concurrent)")
-    run.add_argument("--results", help="pool: JSON-lines file of finished trials; trials already in it are skipped "
-                                       "(default: <storage_path>/<spec name>.jsonl)")
+    run.add_argument("--results", help="JSON-lines file of finished trials, one line each: grid and random search "
+                                       "skip trials already in it, on either backend (pool default: "
+                                       "<storage_path>/<spec name>.jsonl; ray: none; a resumed sweep keeps its file)")
     run.add_argument("--time-limit", type=float, help="pool: start no trial after this many seconds")
     run.set_defaults(func=cmd_run)
-    dry = actions.add_parser("dry-run", parents=[common], help="print sampled configurations and compression ratios")
+    dry = actions.add_parser("dry-run", parents=[common],
+                             help="list the configurations a sweep would train, with compression ratios")
     dry.set_defaults(func=cmd_dry_run)

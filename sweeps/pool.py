@@ -2,18 +2,17 @@
 
 For one machine, typically a GPU box that has PyTorch but not Ray, Optuna or MLflow:
 ``workers`` processes each train one trial after another (data loaded once per process),
-sharing the machine's cores or its GPU. The trials are the spec's own (``sweeps.expand``:
-grid or random search). Each finished trial appends its result record (``hnet.trainer.train``'s
-result, one JSON line) to ``results``; a trial already in that file is not run again, and a trial
-cut off (time limit of a session, SIGTERM, a crash) resumes after its last finished task from the
-checkpoint it left in ``checkpoints`` (deleted once its record is written), so a study continues
-where it stopped by running the same command again. ``hnet report --results
-FILE`` reads the file as it reads MLflow.
+sharing the machine's cores or its GPU. The trials are the spec's own (``sweeps.space``: grid or
+random search, the same trials in the same order as the Ray backend). Each finished trial appends
+its result record (``hnet.trainer.train``'s result, one JSON line) to ``results``
+(``sweeps.results_file``); a trial already in that file is not run again, and a trial cut off (time
+limit of a session, SIGTERM, a crash) resumes after its last finished task from the checkpoint it
+left in ``checkpoints`` (deleted once its record is written), so a study continues where it stopped
+by running the same command again (or the Ray backend with the same ``--results``).
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -25,39 +24,14 @@ from typing import Any
 
 from hnet.config import Runtime, TrainConfig
 
-from .expand import config_key, expand
-from .spec import SpecError, SweepSpec
-
-
-def done_configs(results: Path) -> set[str]:
-    """The configurations already in ``results``. A last line cut short (the process killed while
-    writing it) is removed, with a warning: that trial runs again."""
-    if not results.exists():
-        return set()
-    text = results.read_text()
-    lines = text.splitlines()
-    done = set()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            done.add(config_key(TrainConfig.from_dict(json.loads(line)["config"])))  # fields a line predates: defaults
-        except (json.JSONDecodeError, KeyError):
-            if i < len(lines) - 1 or text.endswith("\n"):
-                raise SpecError(f"{results}: line {i + 1} is not a trial record; not appending to it") from None
-            print(f"hnet sweep: {results}: removing a last line cut short (its trial runs again)", flush=True)
-            with open(results, "r+") as f:
-                f.truncate(len(text.encode()) - len(line.encode()))
-            return done
-    if text and not text.endswith("\n"):  # a whole record without its newline: the next one starts a line
-        with open(results, "a") as f:
-            f.write("\n")
-    return done
+from .results_file import done_configs
+from .space import config_id, config_key, plan, trials
+from .spec import SweepSpec
 
 
 def checkpoint_path(checkpoints: Path, cfg: TrainConfig) -> Path:
     """Where a trial of the pool keeps its progress: one file per configuration."""
-    return checkpoints / f"{hashlib.sha1(config_key(cfg).encode()).hexdigest()[:16]}.pt"
+    return checkpoints / f"{config_id(cfg)}.pt"
 
 
 def _run_trial(values: dict[str, Any], runtime: dict[str, Any], label: str, checkpoint: str) -> dict[str, Any]:
@@ -88,7 +62,7 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
     cores = len(os.sched_getaffinity(0))
     runtime = spec.runtime.replace(threads=spec.runtime.threads or max(1, cores // workers)).to_dict()
     done_before = done_configs(results)
-    todo = [c for c in expand(spec) if config_key(c) not in done_before]
+    todo = [c for c in trials(spec, plan(spec).configs) if config_key(c) not in done_before]
     shown = [k for k in spec.space if k != "chunk_size"] + ["chunk_size", "seed"]
     print(f"{spec.name}: {len(todo)} trials to run ({len(done_before)} already in {results}), {workers} at a time, "
           f"device {runtime['device']}, {runtime['threads']} thread(s) each", flush=True)

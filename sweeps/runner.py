@@ -18,7 +18,7 @@ from typing import Any
 from .spec import SpecError, SweepSpec
 from .store import analyze_store, ensure_store
 
-STATE_FILE = "hnet_sweep.json"  # name, sweep_id, parent_run_id, tracking_uri, finished, base: read on resume
+STATE_FILE = "hnet_sweep.json"  # name, sweep_id, parent_run_id, tracking_uri, finished, base, trials, results
 SEARCH_STATS = "search_stats.json"  # architectures drawn / rejected by the compression filter
 TUNE_ENV = {
     # Tune warns on every checkpoint of short trials; a sweep checkpoints at every task by design.
@@ -89,8 +89,10 @@ def check_resources(spec: SweepSpec) -> None:
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
-              resource_check: bool = True, verbose: bool = False) -> dict[str, Any]:
-    """Run (or resume) a sweep to the end; returns a summary with the best trials.
+              resource_check: bool = True, verbose: bool = False, results: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) a sweep to the end; returns a summary with the best trials. With ``results`` (a
+    JSON-lines file, ``sweeps.results_file``), trials whose configuration it holds are not trained and
+    every completed trial is appended to it at the end.
 
     Unless ``verbose``, everything Ray, Tune, MLflow and the trials print goes to
     ``<sweep folder>/sweep.log`` and the terminal shows one progress line (``sweeps.console``).
@@ -108,7 +110,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
     try:
         init_ray(address, spec if resource_check else None)  # before anything is written
         ensure_store(spec.tracking_uri)  # created, or a broken store reported, before Tune starts
-        sweep_dir, state = found or create_sweep(spec)
+        sweep_dir, state = found or create_sweep(spec, results)
         if console:
             console.log_to(sweep_dir / LOG_FILE)
             print(f"hnet sweep: Ray, Tune, MLflow and trial output go to {sweep_dir / LOG_FILE} (--verbose: here)",
@@ -177,12 +179,17 @@ def restore_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
                               resume_unfinished=True, resume_errored=True)
 
 
+def num_trials(spec: SweepSpec, state: dict[str, Any]) -> int:
+    """How many trials the sweep runs (a sweep begun before this was saved: the spec's)."""
+    return state.get("trials", spec.num_trials)
+
+
 def base_of(spec: SweepSpec, state: dict[str, Any]) -> dict[str, str]:
     """The base a sweep's Tune configs are relative to (a sweep begun before base was saved: full configs)."""
     return state.get("base", spec.base.to_flat_params())
 
 
-def create_sweep(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
+def create_sweep(spec: SweepSpec, results: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """The MLflow parent run and the sweep folder with its state file."""
     from .mlflow_logging import start_parent_run
 
@@ -198,7 +205,8 @@ def create_sweep(spec: SweepSpec) -> tuple[Path, dict[str, Any]]:
             pass
     parent_run_id = start_parent_run(spec, sweep_id, _storage_root(spec))
     state = {"name": spec.name, "sweep_id": sweep_id, "parent_run_id": parent_run_id,
-             "tracking_uri": spec.tracking_uri, "finished": False, "base": spec.base.to_flat_params()}
+             "tracking_uri": spec.tracking_uri, "finished": False, "base": spec.base.to_flat_params(),
+             "results": str(results.resolve()) if results else None}
     _write_state(sweep_dir, state)
     return sweep_dir, state
 
@@ -210,20 +218,24 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
 
     from .console import ProgressLine
     from .mlflow_logging import MLflowTrialLogger
-    from .search import SweepSearcher
+    from .results_file import done_configs
+    from .search import make_searcher
     from .tune_state import ExperimentStateBackup, FinishedCheckpoints
 
-    searcher = ConcurrencyLimiter(SweepSearcher(spec, stats_file=str(sweep_dir / SEARCH_STATS)),
-                                  max_concurrent=spec.max_concurrent)
+    done = done_configs(Path(state["results"])) if state.get("results") else set()
+    inner = make_searcher(spec, stats_file=str(sweep_dir / SEARCH_STATS), done=done)
+    state["trials"] = inner.num_trials  # what Tune runs (a results file may hold some of the spec's trials)
+    _write_state(sweep_dir, state)
+    searcher = ConcurrencyLimiter(inner, max_concurrent=spec.max_concurrent)
     scheduler = None
     if spec.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="tasks_done", metric=spec.metric, mode=spec.mode,
                                   max_t=spec.base.num_tasks, grace_period=spec.asha_grace_tasks,
                                   reduction_factor=spec.asha_reduction_factor)
-    reporter = ProgressLine(spec.num_trials, spec.metric, spec.mode, spec.base.num_tasks)
+    reporter = ProgressLine(state["trials"], spec.metric, spec.mode, spec.base.num_tasks)
     return tune.Tuner(
         _trainable(spec, base_of(spec, state)),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_trials,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=state["trials"],
                                     trial_dirname_creator=trial_dirname,
                                     reuse_actors=True),  # a new worker process per trial costs seconds
         run_config=tune.RunConfig(
@@ -256,7 +268,7 @@ def finalise(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any], results, s
     # finished: every trial exists and ended. The in-memory ResultGrid calls interrupted trials
     # terminated; the persisted experiment state keeps them PENDING/RUNNING, so ask it.
     statuses = saved_statuses(results.filesystem, results.experiment_path)
-    if len(statuses) >= spec.num_trials and all(s in ("TERMINATED", "ERROR") for s in statuses.values()):
+    if len(statuses) >= num_trials(spec, state) and all(s in ("TERMINATED", "ERROR") for s in statuses.values()):
         removed = remove_orphan_runs(state["tracking_uri"], spec.experiment, state["sweep_id"],
                                      set(statuses)) if resumed else 0
         if removed:
@@ -269,6 +281,13 @@ def finalise(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any], results, s
     ranked = sorted((m for m in completed if spec.metric in m), key=lambda m: m[spec.metric],
                     reverse=spec.mode == "max")[:5]  # among trials that learned every task
     base = base_of(spec, state)
+    if state.get("results"):  # the study's portable copy, which the pool continues (and vice versa)
+        from .record import TrialRecord
+        from .results_file import append_results
+
+        stats["results_appended"] = append_results(Path(state["results"]), (TrialRecord.from_result(
+            {**m, "config": from_tune_config(m["config"], base).to_dict()}, m["trial_id"], state["sweep_id"]
+        ).to_result() for m in completed))
     best = [{"trial_id": m["trial_id"], spec.metric: m[spec.metric], "compression_ratio": m.get("compression_ratio"),
              **from_tune_config(m["config"], base).to_dict()} for m in ranked]
     return {"sweep_dir": str(sweep_dir), "stats": stats, "best": best, "state": state}

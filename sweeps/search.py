@@ -1,21 +1,23 @@
-"""Optuna search space and the searcher Ray Tune drives.
+"""The searchers Ray Tune drives.
 
-``sample_config`` is Optuna's define-by-run space: conditional parameters (the size of
-hidden layer i exists only when i layers were drawn) are asked only when they exist.
+Grid and random search are planned by ``sweeps.space`` (the same configurations, in the same order,
+as the pool backend and ``hnet sweep dry-run``); ``PlannedSearcher`` hands them to Tune one by one.
 
-``SweepSearcher`` wraps Ray Tune's ``OptunaSearch`` and adds two things Tune lacks:
+TPE and NSGA-II learn from finished trials: ``OptunaSearcher`` wraps Ray Tune's ``OptunaSearch``
+and adds two things Tune lacks:
 
-* Compression filter. The compression ratio of a drawn architecture is computed
-  analytically (``hnet.models.count_weights``) inside ``suggest``. An architecture
-  outside the allowed range is told to Optuna at once as a failed trial and another one
-  is drawn, so it never becomes a Tune trial: it costs neither compute nor one of the
-  ``num_samples`` slots (those count trained configurations only).
-* Seeds per configuration. A configuration is handed out ``seeds`` times with seeds
-  0..k-1; Optuna sees one trial and is told the mean over the seeds when all finished.
+* Compression filter. The compression ratio of a drawn architecture is computed analytically
+  inside ``suggest`` (``sweeps.space.to_train_config``). An architecture outside the allowed range
+  is told to Optuna at once as a failed trial and another one is drawn, so it never becomes a Tune
+  trial: it costs neither compute nor one of the ``num_samples`` slots.
+* Seeds per configuration. A configuration is handed out ``seeds`` times (``sweeps.space.seeded``);
+  Optuna sees one trial and is told the mean over the seeds when all finished.
+
+``sample_config`` is Optuna's define-by-run space: conditional parameters (the size of hidden
+layer i exists only when i layers were drawn) are asked only when they exist.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import pickle
 from pathlib import Path
@@ -25,9 +27,9 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .expand import Rejected, config_key, to_train_config
+from . import space
 from .record import to_tune_config
-from .spec import SpecError, SweepSpec
+from .spec import SweepSpec
 
 
 def _sizes_label(sizes: Any) -> str:
@@ -52,6 +54,14 @@ def sample_config(trial: optuna.Trial, spec: SweepSpec) -> None:
             trial.suggest_float(key, float(value["low"]), float(value["high"]), log=bool(value.get("log")))
 
 
+def drawn_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Optuna's params -> field values (conditional layer sizes come as ``hnet_layers``/``hnet_layer{i}``)."""
+    values = {k: v for k, v in params.items() if k != "hnet_layers" and not k.startswith("hnet_layer")}
+    if "hnet_layers" in params:
+        values["hnet_hidden"] = [params[f"hnet_layer{i + 1}"] for i in range(params["hnet_layers"])]
+    return values
+
+
 class SearchSpace:
     """Picklable define-by-run function (Tune pickles the searcher with the experiment)."""
 
@@ -63,55 +73,73 @@ class SearchSpace:
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    if spec.algorithm == "random":
-        return optuna.samplers.RandomSampler(seed=spec.search_seed)
     if spec.algorithm == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.search_seed)
-    if spec.algorithm == "grid":
-        grid = {k: ([_sizes_label(x) for x in v] if k.endswith("_hidden") else v)
-                for k, v in spec.space.items() if isinstance(v, list)}
-        return optuna.samplers.GridSampler(grid, seed=spec.search_seed)
     return optuna.samplers.TPESampler(seed=spec.search_seed)
 
 
-def check_feasible(spec: SweepSpec, probes: int = 300) -> int | None:
-    """Before Ray starts: fail fast if no configuration lies in the compression range.
-
-    Grid search enumerates its grid and returns how many points are trainable (the sweep
-    is capped there); other algorithms probe random draws of the space.
-    """
-    def key(params: dict[str, Any]) -> str | None:
-        try:
-            return config_key(to_train_config(spec, params))
-        except Rejected:
-            return None
-
-    if spec.algorithm == "grid":
-        names = [k for k, v in spec.space.items() if isinstance(v, list)]
-        grid = list(itertools.product(*(spec.space[k] for k in names)))
-        feasible = {key(dict(zip(names, point))) for point in grid} - {None}
-        if not feasible:
-            raise SpecError(f"none of the {len(grid)} grid points lies in the compression range "
-                            f"[{spec.compression_min}, {spec.compression_max}]")
-        return len(feasible)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.search_seed))
-    for _ in range(probes):
-        trial = study.ask()
-        sample_config(trial, spec)
-        found = key(trial.params)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if found:
-            return None
-    raise SpecError(f"none of {probes} random draws lies in the compression range "
-                    f"[{spec.compression_min}, {spec.compression_max}]")
+def make_searcher(spec: SweepSpec, stats_file: str | None = None, done: set[str] = frozenset()) -> Searcher:
+    """The searcher of a spec; ``done``: configurations (``space.config_key``) a results file already holds,
+    which grid and random search skip."""
+    if spec.algorithm in space.PLANNED:
+        return PlannedSearcher(spec, stats_file, done)
+    return OptunaSearcher(spec, stats_file)
 
 
-class SweepSearcher(Searcher):
+def _objectives(spec: SweepSpec) -> tuple[str | list[str], str | list[str]]:
+    metrics, modes = [m for m, _ in spec.objectives], [m for _, m in spec.objectives]
+    return (metrics, modes) if len(metrics) > 1 else (metrics[0], modes[0])
+
+
+class _Pickled(Searcher):
+    """A searcher whose whole state is its attributes: saved in one file (Tune syncs exactly that path)."""
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # metric/mode come from the sweep spec
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+def _write_stats(stats_file: str | None, stats: dict[str, int]) -> None:
+    if stats_file:
+        Path(stats_file).write_text(json.dumps(stats))
+
+
+class PlannedSearcher(_Pickled):
+    """Grid and random search: the space's trials (``sweeps.space.trials``) in order, except those ``done``
+    already, then FINISHED."""
+
+    def __init__(self, spec: SweepSpec, stats_file: str | None = None, done: set[str] = frozenset()) -> None:
+        metric, mode = _objectives(spec)
+        super().__init__(metric=None if isinstance(metric, list) else metric,
+                         mode=None if isinstance(mode, list) else mode)
+        planned = space.plan(spec)
+        base = spec.base.to_flat_params()
+        self.queue = [to_tune_config(cfg, base, space.config_id(cfg.replace(seed=spec.base.seed)),
+                                     cfg.seed - spec.base.seed) for cfg in space.trials(spec, planned.configs)
+                      if space.config_key(cfg) not in done]
+        self.num_trials = len(self.queue)
+        self.stats = planned.stats()
+        _write_stats(stats_file, self.stats)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        return self.queue.pop(0) if self.queue else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # nothing to learn
+
+
+class OptunaSearcher(_Pickled):
+    """TPE / NSGA-II through Optuna, with the compression filter and a configuration's seeds as one trial."""
+
     def __init__(self, spec: SweepSpec, stats_file: str | None = None) -> None:
-        objectives = spec.objectives
-        metric = [m for m, _ in objectives] if len(objectives) > 1 else objectives[0][0]
-        mode = [m for _, m in objectives] if len(objectives) > 1 else objectives[0][1]
+        metric, mode = _objectives(spec)
         super().__init__(metric=None if isinstance(metric, list) else metric,
                          mode=None if isinstance(mode, list) else mode)
         self.spec = spec
@@ -121,18 +149,15 @@ class SweepSearcher(Searcher):
         self.groups: dict[str, dict[str, Any]] = {}  # group -> {"members": n, "results": [...]}
         self.member_group: dict[str, str] = {}
         self.seen: dict[str, str] = {}  # configuration -> its group (identical draws are not retrained)
-        self.stats = {"architectures_drawn": 0, "architectures_rejected": 0, "duplicates_skipped": 0}
+        self.stats = space.Plan([]).stats()
         self.stats_file = stats_file
+        self.num_trials = spec.num_trials
 
     @property
     def study(self) -> optuna.Study:
         """The Optuna study of this search: one trial per configuration (rejected draws as FAIL),
         told the mean over its seeds. Ray's OptunaSearch keeps it private; this is the one place it is read."""
         return self.inner._ot_study
-
-    # Tune calls these ---------------------------------------------------------------------
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return True  # metric/mode come from the sweep spec
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if not self.pending:
@@ -156,7 +181,6 @@ class SweepSearcher(Searcher):
             else:
                 self.inner.on_trial_complete(group_id, error=True)
 
-    # internals ----------------------------------------------------------------------------
     def _metrics(self) -> list[str]:
         return [m for m, _ in self.spec.objectives]
 
@@ -166,12 +190,12 @@ class SweepSearcher(Searcher):
             params = self.inner.suggest(group_id)
             self.stats["architectures_drawn"] += 1
             try:
-                cfg = to_train_config(self.spec, params)
-            except Rejected:
+                cfg = space.to_train_config(self.spec, drawn_values(params))
+            except space.Rejected:
                 self.stats["architectures_rejected"] += 1
                 self.inner.on_trial_complete(group_id, error=True)  # a FAIL in Optuna; no Tune trial
                 continue
-            key = config_key(cfg)
+            key = space.config_key(cfg)
             if key in self.seen:  # TPE redraws points of small categorical spaces: reuse, don't retrain
                 self.stats["duplicates_skipped"] += 1
                 known = self.groups[self.seen[key]].get("mean")
@@ -180,24 +204,8 @@ class SweepSearcher(Searcher):
             self.seen[key] = group_id
             self.groups[group_id] = {"members": self.spec.seeds, "done": 0, "results": []}
             base = self.spec.base.to_flat_params()
-            self.pending = [to_tune_config(cfg.replace(seed=self.spec.base.seed + s), base, group_id, s)
-                            for s in range(self.spec.seeds)]
-            self._write_stats()
+            self.pending = [to_tune_config(c, base, group_id, s) for s, c in enumerate(space.seeded(self.spec, cfg))]
+            _write_stats(self.stats_file, self.stats)
             return
-        self._write_stats()
-        raise SpecError(f"{self.spec.max_rejections} draws in a row were outside the compression range "
-                        f"[{self.spec.compression_min}, {self.spec.compression_max}] or repeated earlier "
-                        "configurations: widen the range or the space")
-
-    def _write_stats(self) -> None:
-        if self.stats_file:
-            Path(self.stats_file).write_text(json.dumps(self.stats))
-
-    def save(self, checkpoint_path: str) -> None:
-        # One file (Tune syncs exactly this path): our state and the Optuna study together.
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        _write_stats(self.stats_file, self.stats)
+        raise space.too_many_misses(self.spec)

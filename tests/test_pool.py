@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.expand import expand
+from sweeps.space import plan, trials
 from sweeps.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,11 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_expand_random_and_grid(tmp_path):
+def expand(spec):
+    return trials(spec, plan(spec).configs)
+
+
+def test_plan_random_and_grid(tmp_path):
     spec = load_spec(write_spec(tmp_path, samples=3))
     configs = expand(spec)
     assert configs == expand(load_spec(write_spec(tmp_path, samples=3)))  # the same draws every time

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from sweeps.search import SweepSearcher
+from sweeps.search import OptunaSearcher
 from sweeps.spec import SpecError, parse_spec
 from sweeps.store import ensure_store
 
@@ -100,8 +100,8 @@ def test_compression_filter_rejects_before_any_trial():
     spec = parse_spec({"name": "c", "base": TINY_BASE,
                        "space": {"hnet_hidden": {"layers": [1, 2], "sizes": [5, 10, 20, 30, 50, 100]},
                                  "chunk_size": [10, 100, 200, 500, 1000, 2000, 5000]},
-                       "search": {"algorithm": "random"}, "compression": {"min": 0.1, "max": 0.5}})
-    searcher = SweepSearcher(spec)
+                       "search": {"algorithm": "tpe"}, "compression": {"min": 0.1, "max": 0.5}})
+    searcher = OptunaSearcher(spec)
     configs = [searcher.suggest(f"trial{i}") for i in range(8)]
     from hnet.counts import count_weights
     from sweeps.record import from_tune_config
@@ -116,7 +116,7 @@ def test_compression_filter_rejects_before_any_trial():
 def test_seeds_per_configuration_share_one_optuna_trial():
     spec = parse_spec({"name": "s", "base": TINY_BASE, "space": {"beta": [0.01, 0.1, 1.0]}, "seeds": 3,
                        "search": {"algorithm": "tpe"}})
-    searcher = SweepSearcher(spec)
+    searcher = OptunaSearcher(spec)
     configs = [searcher.suggest(f"t{i}") for i in range(3)]
     assert len({c["config_group"] for c in configs}) == 1 and [c["seed"] for c in configs] == ["0", "1", "2"]
     for i, acc in enumerate([90.0, 92.0, 94.0]):
@@ -143,11 +143,14 @@ def test_replay_methods_sweep_into_mlflow(tmp_path):
     assert tir["metrics.task_inference_acc"] >= 0 and tir["metrics.task_classifier_weights"] > 0
 
 
-def test_shipped_specs_expand():
+def test_shipped_specs_plan():
     """Every spec under sweeps/configs loads and gives valid configurations; the replay specs bring the
     paper's replay model of their method."""
-    from sweeps.expand import expand
+    from sweeps.space import plan, trials
     from sweeps.spec import load_spec
+
+    def expand(spec):
+        return trials(spec, plan(spec).configs)
 
     specs = {p.stem: load_spec(p) for p in sorted((Path(__file__).parents[1] / "sweeps" / "configs").glob("*.yaml"))}
     for name, spec in specs.items():
@@ -305,7 +308,7 @@ def test_multi_objective_search_builds_a_pareto_front():
 
     spec = parse_spec({"name": "m", "base": TINY_BASE, "search": {"algorithm": "nsga2", "seed": 0},
                        "space": {"hnet_hidden": ["", "10", "25,25"], "chunk_size": [500, 1000, 2000]}})
-    searcher = SweepSearcher(spec)
+    searcher = OptunaSearcher(spec)
     assert [m for m, _ in spec.objectives] == ["acc_after_mean", "compression_ratio"]
     told = {}
     for i, acc in enumerate([91.0, 95.0, 89.0, 97.0, 93.0, 90.0]):
@@ -321,6 +324,52 @@ def test_multi_objective_search_builds_a_pareto_front():
     assert len(told) == 6 and 1 <= len(front) < 6
     assert len(searcher.study.directions) == 2
     assert {(t.params["hnet_hidden"], t.params["chunk_size"]) for t in searcher.study.best_trials} == front
+
+def test_both_backends_train_one_plan_in_one_order_and_continue_each_other(tmp_path):
+    """Grid and random search: `hnet sweep dry-run`, the pool and Ray train the same configurations in the
+    same order (both backends take them from sweeps.space; Ray once, for time); a study begun by the pool and
+    continued by Ray with the same --results file trains the rest only, and the file ends with the whole study."""
+    import json
+
+    base = {**TINY_BASE, "num_tasks": 1, "iters": 5}
+    space = {"beta": [0.001, 0.01, 0.1, 1.0], "lr": [0.001, 0.002]}
+
+    def point(values: dict) -> tuple[float, float]:
+        return float(values["beta"]), float(values["lr"])
+
+    for algorithm in ("grid", "random"):
+        folder = tmp_path / algorithm
+        folder.mkdir()
+        path = write_spec(folder, base=base, space=space, num_samples=4,
+                          search={"algorithm": algorithm, "seed": 1, "max_concurrent": 1},
+                          mlflow={"experiment": algorithm, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+        dry = hnet("sweep", "dry-run", str(path), cwd=folder)
+        assert dry.returncode == 0, dry.stderr
+        listed = [point(dict(kv.split("=") for kv in line.split()[4:]))
+                  for line in dry.stdout.splitlines() if " planned " in line]
+        assert len(listed) == 4 and len(set(listed)) == 4, dry.stdout
+        results = folder / "results.jsonl"
+
+        def in_file() -> list[tuple[float, float]]:
+            return [point(json.loads(line)["config"]) for line in results.read_text().splitlines()]
+
+        pool = ["sweep", "run", str(path), "--backend", "pool", "--workers", "1", "--results", str(results),
+                "--set", "threads=1"]
+        if algorithm == "grid":  # the pool runs the whole plan
+            proc = hnet(*pool, cwd=folder)
+            assert proc.returncode == 0 and in_file() == listed, proc.stdout[-2000:] + proc.stderr[-2000:]
+            continue
+        proc = hnet(*pool, "--time-limit", "1", cwd=folder)  # the pool stops after one trial ...
+        assert proc.returncode == 0 and in_file() == listed[:1], proc.stdout + proc.stderr
+        proc = hnet("sweep", "run", str(path), "--results", str(results), cwd=folder)  # ... Ray goes on
+        assert proc.returncode == 0 and "1 of 4 trials are in" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+        _, trials = runs(tmp_path, algorithm)
+        assert [point({"beta": t["params.beta"], "lr": t["params.lr"]})  # one at a time: start order
+                for _, t in trials.sort_values("start_time").iterrows()] == listed[1:]
+        assert sorted(in_file()) == sorted(listed)  # the file holds the whole study, each trial once
+        again = hnet(*pool, cwd=folder)
+        assert again.returncode == 0 and "0 trials to run (4 already in" in again.stdout, again.stdout + again.stderr
+
 
 def test_console_is_quiet_and_the_log_holds_the_rest(tmp_path):
     """The README's first command prints a few lines; Ray's, Tune's and the trials' output is in the

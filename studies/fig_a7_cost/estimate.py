@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.iteration_speed import IterationTimer, synthetic_benchmark  # noqa: E402
 from hnet.config import Runtime  # noqa: E402
 from hnet.trainer import train  # noqa: E402
-from sweeps.expand import expand  # noqa: E402
+from sweeps.space import plan  # noqa: E402
 from sweeps.cli import resolve_spec_path  # noqa: E402
 from sweeps.spec import load_spec  # noqa: E402
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps timed per task (the first is a warm-up)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    configs = [c for c in expand(load_spec(resolve_spec_path(args.spec))) if c.seed == 0][:args.draws]
+    configs = plan(load_spec(resolve_spec_path(args.spec))).configs[:args.draws]
     runtime = Runtime(threads=args.threads)
     total = 0.0
     print(f"{args.spec}: first {len(configs)} draws, {args.iters} it/task, CPU {args.threads} thread(s), "
