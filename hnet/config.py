@@ -18,15 +18,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from . import methods
+
 ACTIVATIONS = ("linear", "relu", "elu", "leaky_relu", "sigmoid")
-# van de Ven & Tolias (2019): task identity given (cl1); not given, one shared head (cl2, domain-incremental);
-# not given, one head over all classes seen so far, the global class must be named (cl3, class-incremental).
-SCENARIOS = ("cl1", "cl2", "cl3")
-# the hypernetwork (cl2/cl3: HNET+ENT), its replay variants (HNET+TIR, HNET+R: hnet/replay.py), or the target
-# network trained directly (fine-tuning, online EWC, SI)
-METHODS = ("hnet", "hnet_tir", "hnet_r", "finetune", "ewc", "si")
-REPLAY_METHODS = ("hnet_tir", "hnet_r")
-GENERATED_METHODS = ("hnet", "hnet_tir")  # the classifier's weights come from a hypernetwork, one set per task
+SCENARIOS = tuple(methods.SCENARIOS)  # what each one means: hnet.methods
+METHODS = tuple(methods.METHODS)
 REG_FORMS = ("auto", "factored", "direct")
 HNET_INITS = ("xavier_capped", "xavier")
 LR_SCHEDULES = ("constant", "cosine")
@@ -196,14 +192,23 @@ class TrainConfig(Fields):
         return BENCHMARKS[self.benchmark]
 
     @property
+    def method_kind(self) -> methods.Method:
+        """What the method is (``hnet.methods``): learner, generated classifier, replay, penalty."""
+        return methods.METHODS[self.method]
+
+    @property
+    def scenario_kind(self) -> methods.ScenarioKind:
+        return methods.SCENARIOS[self.scenario]
+
+    @property
     def generated_classifier(self) -> bool:
         """The classifier's weights come from a hypernetwork, one set per task (hnet, hnet_tir)."""
-        return self.method in GENERATED_METHODS
+        return self.method_kind.generated_classifier
 
     @property
     def uses_replay(self) -> bool:
         """A replay VAE is trained: HNET+R always, HNET+TIR where the task must be inferred (cl2/cl3)."""
-        return self.method == "hnet_r" or (self.method == "hnet_tir" and self.scenario != "cl1")
+        return self.method_kind.uses_replay(self.scenario_kind)
 
     def replay_hnet_config(self) -> "TrainConfig":
         """The replay decoder's hypernetwork described as a classifier's (the fields HypernetLearner and
@@ -236,13 +241,14 @@ class TrainConfig(Fields):
         if self.target_arch != "mlp":
             _need(colour_32x32, f"target_arch {self.target_arch} is for 32x32x3 images (split_cifar), "
                                 f"not {self.benchmark}")
-            _need(not (self.target_arch == "resnet32" and self.generated_classifier and self.scenario != "cl1"),
+            _need(not (self.target_arch == "resnet32" and self.generated_classifier and not self.scenario_kind.task_given),
                   "resnet32 keeps batch-norm statistics per task: with a hypernetwork it runs in cl1 (the task known)")
             _need(not self.uses_replay, f"{self.method} replays images through an MLP VAE: not on {self.benchmark}")
         _need(not self.augment or colour_32x32, f"augment is for 32x32x3 images, not {self.benchmark}")
         if spec.regression:
-            _need(self.scenario == "cl1" and self.method in ("hnet", "finetune"),
-                  f"{self.benchmark} is a regression: scenario cl1 with method hnet or finetune only")
+            _need(self.scenario_kind.task_given and self.method_kind.regression,
+                  f"{self.benchmark} is a regression: scenario cl1 with method "
+                  f"{' or '.join(m.name for m in methods.METHODS.values() if m.regression)} only")
         for name in ("chunk_size", "task_emb_dim", "iters", "batch_size", "replay_latent_dim",
                      "replay_chunk_size", "replay_task_emb_dim", "replay_chunk_emb_dim"):
             value = getattr(self, name)
@@ -265,7 +271,7 @@ class TrainConfig(Fields):
         _need(not (self.multi_head and not self.generated_classifier),
               f"multi_head is an option of a hypernetwork classifier (hnet, hnet_tir): for method {self.method} "
               f"the scenario decides the heads (cl1 one per task, cl2 one shared, cl3 one over all classes)")
-        _need(not (self.multi_head and self.scenario == "cl2"),
+        _need(not (self.multi_head and self.scenario_kind.heads == "shared"),
               "multi_head contradicts scenario cl2, where one output head is shared by all tasks")
         return self
 
@@ -283,7 +289,8 @@ class TrainConfig(Fields):
         classes, tasks = self.spec.classes_per_task, self.num_tasks
         if self.generated_classifier:
             return classes, tasks if self.multi_head else 1
-        return {"cl1": (classes, tasks), "cl2": (classes, 1), "cl3": (classes * tasks, 1)}[self.scenario]
+        return {"per_task": (classes, tasks), "shared": (classes, 1), "all_classes": (classes * tasks, 1)}[
+            self.scenario_kind.heads]
 
 
 @dataclass
@@ -466,7 +473,8 @@ def resolve(name: str | None, overrides: Mapping[str, Any] | None = None) -> Tra
     values = dict(PRESETS[name])
     method = overrides.get("method", values.get("method", TrainConfig.method))
     scenario = overrides.get("scenario", values.get("scenario", TrainConfig.scenario))
-    if method not in GENERATED_METHODS:  # a target trained directly gets its heads from the scenario
+    if method in methods.METHODS and not methods.METHODS[method].generated_classifier:
+        # a target trained directly gets its heads from the scenario
         values["multi_head"] = False  # (cl1: one per task, what a multi-head preset means)
     values.update(REPLAY_SETTINGS.get(values.get("benchmark"), {}).get(method, {}))
     values.update(TUNED.get(name, {}).get((method, scenario), {}))

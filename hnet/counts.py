@@ -94,7 +94,7 @@ def count_weights(cfg: TrainConfig) -> WeightCounts:
         encoder, decoder = map(_linear_stack_weights, replay_layer_sizes(cfg))
         replay = dict(replay_decoder_weights=decoder, replay_encoder_weights=encoder,
                       replay_hnet_weights=_hypernetwork_weights(cfg.replay_hnet_config(), decoder)[0])
-        if cfg.method == "hnet_tir":
+        if cfg.method_kind.task_classifier:
             replay["task_classifier_weights"] = _linear_stack_weights([cfg.spec.input_dim, *cfg.target_hidden,
                                                                        cfg.num_tasks])
     if not cfg.generated_classifier:  # the target network's own weights are trained: nothing compressed

@@ -8,8 +8,10 @@ a task the learner's end-of-task step.
   the task's embedding; the penalty is Eq. 2, the output regularizer over the earlier tasks'
   embeddings (with Adam's look-ahead step, all earlier tasks or a random subset, App. D).
 * ``PenaltyLearner``, the baselines: the target's own weights (``TargetWeights``), one set
-  for every task, with the quadratic penalty of fine-tuning (none), online EWC or SI
-  (``hnet.baselines.WeightPenalty``).
+  for every task, unprotected (fine-tuning) or with the quadratic penalty of online EWC or SI
+  (``hnet.baselines.EWCPenalty``, ``SIPenalty``).
+
+Which learner and which penalty a method gets is written in ``hnet.methods``.
 
 The replay methods (``hnet.replay``) extend them: HNET+TIR a ``HypernetLearner`` with a task
 classifier, HNET+R a ``PenaltyLearner`` without penalty whose task loss adds replay; both train
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .baselines import FISHER_SAMPLES, WeightPenalty, diagonal_fisher, task_log_probs
+from .baselines import PENALTIES
 from .config import TrainConfig
 from .data import Benchmark
 from .evaluation import Scenario
@@ -31,13 +33,23 @@ from .regularizer import adam_lookahead, output_regularizer, snapshot
 
 
 class Learner:
-    """What every learner shares: the classification loss on the current batch, and no side model."""
+    """What the trainer calls on every method's learner, in the order it calls it. The defaults: the
+    classification loss on the current batch, and no side model."""
 
     cfg: TrainConfig
     task: int
+    module: nn.Module  # the trained weights a checkpoint stores (the hypernetwork, or the target's own)
     infer_task = None  # HNET+TIR's task classifier (x, seen) -> task; None: the scenario's own (entropy)
 
+    def start_task(self, task: int) -> list[nn.Parameter]:
+        """Begin ``task``; returns the parameters the task's optimizer trains."""
+        raise NotImplementedError
+
+    def before_step(self, generator: torch.Generator) -> None:
+        """Before the (possibly captured) step: random draws the step reads (the regularizer's task subset)."""
+
     def weights(self) -> torch.Tensor:
+        """The current task's target weights."""
         raise NotImplementedError
 
     def task_loss(self, target: nn.Module, scenario: Scenario, x: torch.Tensor, y: torch.Tensor,
@@ -46,15 +58,37 @@ class Learner:
         logits = scenario.train_logits(target, self.weights(), x, self.task)
         return scenario.train_loss(logits, y, self.task, label_smoothing(self.cfg.soft_target, logits.shape[1]))
 
+    def penalty_backward(self, optimizer: torch.optim.Adam, generator: torch.Generator) -> torch.Tensor | None:
+        """After the task loss's backward: the penalty protecting earlier tasks, its gradient added; returns
+        it (None: no penalty at this task)."""
+        return None
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
     def side_step(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """After the classifier's step: what else learns from the batch (the replay VAE of HNET+TIR/R)."""
 
-    def before_step(self, generator: torch.Generator) -> None:
-        """Before the (possibly captured) step: random draws the step reads (the regularizer's task subset)."""
+    def end_task(self, target: nn.Module, bench: Benchmark, generator: torch.Generator) -> None:
+        """After the task's last step (EWC's Fisher, SI's importance)."""
+
+    def task_weights(self, seen: int) -> torch.Tensor:
+        """(seen, N): the weights of every task learned so far, for evaluation."""
+        raise NotImplementedError
+
+    def weight_counts(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
 
 
 class HypernetLearner(Learner):
-    def __init__(self, cfg: TrainConfig, hnet: ChunkedHypernetwork, reg_form: str = "factored") -> None:
+    def __init__(self, cfg: TrainConfig, hnet: ChunkedHypernetwork, device: torch.device | str = "cpu",
+                 reg_form: str = "factored") -> None:
         self.cfg, self.hnet, self.reg_form = cfg, hnet, reg_form
         self.module: nn.Module = hnet  # what a checkpoint stores
 
@@ -88,11 +122,7 @@ class HypernetLearner(Learner):
         (self.cfg.beta * loss).backward()
         return loss
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
-
-    def end_task(self, target: nn.Module, bench: Benchmark, generator: torch.Generator) -> None:
-        pass  # Eq. 2's targets are taken at the next task's start
+    # end_task: nothing; Eq. 2's targets are taken at the next task's start
 
     @torch.no_grad()
     def task_weights(self, seen: int) -> torch.Tensor:
@@ -112,9 +142,13 @@ class HypernetLearner(Learner):
 
 
 class PenaltyLearner(Learner):
-    def __init__(self, cfg: TrainConfig, target_weights: TargetWeights) -> None:
+    """The target's own weights, with the method's quadratic penalty (``hnet.baselines.PENALTIES``) or none."""
+
+    def __init__(self, cfg: TrainConfig, target_weights: TargetWeights, device: torch.device | str = "cpu",
+                 reg_form: str = "factored") -> None:
         self.cfg, self.module = cfg, target_weights
-        self.penalty = WeightPenalty(cfg, target_weights.weights)
+        kind = cfg.method_kind.penalty
+        self.penalty = PENALTIES[kind](cfg, target_weights.weights) if kind else None
 
     def start_task(self, task: int) -> list[nn.Parameter]:
         self.task = task
@@ -124,27 +158,20 @@ class PenaltyLearner(Learner):
         return self.module.weights
 
     def penalty_backward(self, optimizer: torch.optim.Adam, generator: torch.Generator) -> torch.Tensor | None:
-        loss = self.penalty.loss(self.module.weights)  # None: fine-tuning, or the first task
+        loss = self.penalty.loss(self.module.weights) if self.penalty else None  # None: no penalty, or task 0
         if loss is not None:
             (self.penalty.strength * loss).backward()
         return loss
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.cfg.method != "si":
+        if self.penalty:
+            self.penalty.optimizer_step(self.module.weights, optimizer)  # SI follows the step's path
+        else:
             optimizer.step()
-            return
-        before = self.module.weights.detach().clone()
-        optimizer.step()
-        self.penalty.after_step(self.module.weights, before)  # SI's path integral
 
     def end_task(self, target: nn.Module, bench: Benchmark, generator: torch.Generator) -> None:
-        fisher = None
-        if self.cfg.method == "ewc":  # the Fisher of this task, on a random sample of its training inputs
-            rows = bench.eval_split(self.task, "train").rows
-            sample = rows[torch.randperm(len(rows), generator=generator, device=generator.device)[:FISHER_SAMPLES]]
-            fisher = diagonal_fisher(task_log_probs(self.cfg, target, self.task), self.module.weights,
-                                     bench.inputs(self.task, "train", sample))
-        self.penalty.end_task(self.module.weights, fisher)
+        if self.penalty:
+            self.penalty.end_task(self.module.weights, target, bench, self.task, generator)
 
     @torch.no_grad()
     def task_weights(self, seen: int) -> torch.Tensor:
@@ -154,12 +181,12 @@ class PenaltyLearner(Learner):
         return {"hnet_weights": self.module.weights.numel(), "task_embedding_weights": 0, "num_chunks": 0}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"hnet": self.module.state_dict(), "penalty": self.penalty.state_dict()}
+        return {"hnet": self.module.state_dict(), **({"penalty": self.penalty.state_dict()} if self.penalty else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # checkpoints before 2026-12-05 also hold empty task_embs.* entries (TargetWeights imitated the hypernetwork)
-        self.module.load_state_dict({k: v for k, v in state["hnet"].items() if not k.startswith("task_embs.")})
-        self.penalty.load_state_dict(state["penalty"])
+        self.module.load_state_dict(state["hnet"])
+        if self.penalty:
+            self.penalty.load_state_dict(state["penalty"])
 
 
 def label_smoothing(soft_target: float, classes: int) -> float:

@@ -37,7 +37,6 @@ from torch import nn
 
 from .config import TrainConfig
 from .counts import REPLAY_CONDITION_DIM, replay_layer_sizes
-from .data import Benchmark
 from .evaluation import Scenario
 from .learners import HypernetLearner, PenaltyLearner
 from .models import MLP, ChunkedHypernetwork, TargetWeights, build_hypernetwork, num_weights, target_forward
@@ -58,7 +57,7 @@ class ReplayVAE(nn.Module):
         self.hnet = build_hypernetwork(hcfg, self.decoder)
         self.register_buffer("conditions", torch.randn(cfg.num_tasks, REPLAY_CONDITION_DIM))
         self.to(device)
-        self.protector = HypernetLearner(hcfg, self.hnet, reg_form)  # Eq. 2 on the decoder's hypernetwork
+        self.protector = HypernetLearner(hcfg, self.hnet, device, reg_form)  # Eq. 2 on the decoder's hypernetwork
 
     def start_task(self, task: int) -> None:
         self.task = task
@@ -126,7 +125,7 @@ class TaskInferenceLearner(HypernetLearner):
 
     def __init__(self, cfg: TrainConfig, hnet: ChunkedHypernetwork, device: torch.device | str,
                  reg_form: str = "factored") -> None:
-        super().__init__(cfg, hnet, reg_form)
+        super().__init__(cfg, hnet, device, reg_form)
         self.replay = ReplayVAE(cfg, device, reg_form)
         self.task_classifier = MLP(cfg.spec.input_dim, cfg.target_hidden, cfg.num_tasks,
                                    cfg.target_activation).to(device)
@@ -172,7 +171,7 @@ class ReplayLearner(PenaltyLearner):
 
     def __init__(self, cfg: TrainConfig, target_weights: TargetWeights, device: torch.device | str,
                  reg_form: str = "factored") -> None:
-        super().__init__(cfg, target_weights)
+        super().__init__(cfg, target_weights, device, reg_form)
         self.replay = ReplayVAE(cfg, device, reg_form)
 
     def start_task(self, task: int) -> list[nn.Parameter]:
@@ -199,9 +198,6 @@ class ReplayLearner(PenaltyLearner):
 
     def side_step(self, x: torch.Tensor, generator: torch.Generator) -> None:
         self.replay.train_step(x, generator)
-
-    def end_task(self, target: nn.Module, bench: Benchmark, generator: torch.Generator) -> None:
-        pass  # no weight penalty
 
     def weight_counts(self) -> dict[str, int]:
         return {**super().weight_counts(), **self.replay.weight_counts()}

@@ -125,17 +125,15 @@ def score_tasks_so_far(cfg: TrainConfig, target: torch.nn.Module, learner: Learn
                                                 learner.infer_task)[0])
 
 
+LEARNERS = {"hypernet": HypernetLearner, "task_inference": TaskInferenceLearner, "replay": ReplayLearner,
+            "penalty": PenaltyLearner}  # the names hnet.methods gives each method's learner
+
+
 def build_learner(cfg: TrainConfig, device: torch.device | str = "cpu",
                   reg_form: str = "factored") -> tuple[torch.nn.Module, Learner]:
     """The target network (weights always from outside) and the learner of ``cfg.method``."""
     target, model = build_models(cfg, device)
-    if cfg.method == "hnet_tir" and cfg.uses_replay:
-        return target, TaskInferenceLearner(cfg, model, device, reg_form)
-    if cfg.method == "hnet_r":
-        return target, ReplayLearner(cfg, model, device, reg_form)
-    if cfg.generated_classifier:  # hnet, and hnet_tir in cl1 (the task is given: nothing to infer)
-        return target, HypernetLearner(cfg, model, reg_form)
-    return target, PenaltyLearner(cfg, model)
+    return target, LEARNERS[cfg.method_kind.learner_in(cfg.scenario_kind)](cfg, model, device, reg_form)
 
 
 def task_generator(cfg: TrainConfig, task: int, device: torch.device | str) -> torch.Generator:
@@ -211,9 +209,12 @@ def load_checkpoint(path: str | os.PathLike, cfg: TrainConfig, target: torch.nn.
     saved = torch.load(path, map_location=device, weights_only=True)
     if TrainConfig.from_dict(saved["config"]).to_dict() != cfg.to_dict():  # fields it predates: defaults
         raise ValueError(f"checkpoint {path} was written for a different configuration")
-    learner.load_state_dict(saved)
+    try:
+        learner.load_state_dict(saved)
+    except (KeyError, RuntimeError) as exc:  # a layout this version does not write
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"checkpoint {path} was written in another layout (an older version?): {reason}; "
+                         "delete it to train from the start") from None
     for name, saved_buffer in saved.get("target_buffers", {}).items():
         target.get_buffer(name).copy_(saved_buffer)
-    if saved.get("dead_units_first_layer") is not None:  # checkpoints before hnet.diagnostics kept it here
-        saved["extra"] = {"dead_units_first_layer": saved["dead_units_first_layer"], **saved.get("extra", {})}
     return {k: saved.get(k, default) for k, default in state.items()}

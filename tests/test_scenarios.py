@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hnet.baselines import WeightPenalty, diagonal_fisher
+from hnet.baselines import EWCPenalty, SIPenalty, diagonal_fisher
 from hnet.config import ConfigError, preset
 from hnet.counts import count_weights
 from hnet.data import load_benchmark
@@ -146,16 +146,22 @@ def test_ewc_fisher_matches_the_closed_form_for_the_output_bias():
 def test_si_importance_and_online_ewc_accumulation_by_hand():
     cfg = preset("split_digits").replace(method="si", si_c=2.0, si_xi=0.5)
     weights = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
-    penalty = WeightPenalty(cfg, weights)
+    penalty = SIPenalty(cfg, weights)
     assert penalty.loss(weights) is None  # nothing to protect during the first task
+
+    class Jump:  # an optimizer step that lands on given weights
+        def __init__(self, new: list[float]) -> None:
+            self.new = new
+
+        def step(self) -> None:
+            with torch.no_grad():
+                weights.copy_(torch.tensor(self.new))
+
     # two steps: (gradient, new weights)
     for grad, new in (([0.5, -1.0], [0.9, -0.8]), ([0.2, 0.0], [0.7, -0.8])):
-        before = weights.detach().clone()
         weights.grad = torch.tensor(grad)
-        with torch.no_grad():
-            weights.copy_(torch.tensor(new))
-        penalty.after_step(weights, before)
-    penalty.end_task(weights)
+        penalty.optimizer_step(weights, Jump(new))
+    penalty.end_task(weights, target=None, bench=None, task=0, generator=None)  # SI needs no data
     # ω = −Σ g δθ = −(0.5·(−0.1) + 0.2·(−0.2), −1.0·0.2 + 0) = (0.09, 0.2); Δ = (−0.3, 0.2)
     expected = torch.tensor([0.09 / (0.09 + 0.5), 0.2 / (0.04 + 0.5)])
     assert torch.allclose(penalty.omega, expected)
@@ -163,9 +169,9 @@ def test_si_importance_and_online_ewc_accumulation_by_hand():
     assert math.isclose(penalty.loss(moved).item(), (expected * torch.tensor([0.49, 0.64])).sum().item(), rel_tol=1e-6)
     assert penalty.strength == 2.0
 
-    ewc = WeightPenalty(preset("split_digits").replace(method="ewc", ewc_lambda=10.0, ewc_gamma=0.5), weights)
-    ewc.end_task(weights, torch.tensor([1.0, 2.0]))
-    ewc.end_task(weights, torch.tensor([3.0, 0.0]))
+    ewc = EWCPenalty(preset("split_digits").replace(method="ewc", ewc_lambda=10.0, ewc_gamma=0.5), weights)
+    ewc.accumulate(weights, torch.tensor([1.0, 2.0]))
+    ewc.accumulate(weights, torch.tensor([3.0, 0.0]))
     assert torch.allclose(ewc.omega, torch.tensor([0.5 * 1.0 + 3.0, 0.5 * 2.0 + 0.0])) and ewc.strength == 5.0
 
 
