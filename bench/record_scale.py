@@ -25,7 +25,7 @@ from pathlib import Path
 from analysis.runs import load_trials
 from hnet.counts import count_weights
 from hnet.results import summarize
-from sweeps.mlflow_logging import MLflowTrialLogger, start_parent_run
+from sweeps.mlflow_logging import TrialRecorder, start_parent_run
 from sweeps.record import to_tune_config
 from sweeps.spec import parse_spec
 from sweeps.store import analyze_store, open_store
@@ -39,7 +39,7 @@ def write_sweep(uri: str, trials: int) -> float:
                        "space": {"chunk_size": [1000, 2000, 4000], "beta": {"low": 1e-4, "high": 1.0, "log": True}},
                        "mlflow": {"experiment": "record", "tracking_uri": uri}})
     base = spec.base.to_flat_params()
-    writer = MLflowTrialLogger(spec, start_parent_run(spec, "record-1", "ray_results"), "record-1")
+    writer = TrialRecorder(spec, start_parent_run(spec, "record-1", "ray_results"), "record-1")
     rng = random.Random(0)
     started = time.perf_counter()
     for i in range(trials):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -189,11 +190,11 @@ def nothing_left(spec: SweepSpec, results: Path) -> bool:
 def cmd_run_pool(args: argparse.Namespace) -> int:
     from .pool import run_pool
 
-    ray_only = {"--address": args.address, "--resume": args.resume, "--tracking-uri": args.tracking_uri,
-                "--verbose": args.verbose, "--no-resource-check": not args.resource_check}
+    ray_only = {"--address": args.address, "--resume": args.resume, "--verbose": args.verbose,
+                "--no-resource-check": not args.resource_check}
     given = [flag for flag, value in ray_only.items() if value]
     if given:
-        raise SpecError(f"{', '.join(given)}: not for --backend pool, which runs here without Ray or MLflow and "
+        raise SpecError(f"{', '.join(given)}: not for --backend pool, which runs here without Ray and "
                         "always continues its results file")
     spec = _load(args)
     workers = spec.max_concurrent if args.workers is None else args.workers
@@ -202,6 +203,9 @@ def cmd_run_pool(args: argparse.Namespace) -> int:
     results = Path(args.results or Path(spec.storage_path) / f"{spec.name}.jsonl")
     finished, failed, left = run_pool(spec, results, workers, args.time_limit or 0)
     print(f"results: {results}   (hnet report {spec.name} --results {results} --out DIR: Fig. A7 and tables)")
+    if importlib.util.find_spec("mlflow"):
+        print(f"recorded in MLflow: hnet ui --tracking-uri {spec.tracking_uri} --experiment {spec.experiment}; "
+              f"hnet report {spec.experiment} --tracking-uri {spec.tracking_uri}")
     return 1 if failed else 0
 
 
@@ -227,8 +231,8 @@ def add_sweep_parser(sub: argparse._SubParsersAction, parser_class) -> None:
                      help="start even if no node can hold a trial now (an autoscaler will add one)")
     run.add_argument("--backend", choices=("ray", "pool"), default="ray",
                      help="ray: Ray Tune + Optuna, recorded in MLflow (default); pool: worker processes on this "
-                          "machine without Ray, Optuna or MLflow (grid and random search: the same trials in the "
-                          "same order as ray), one JSON line per trial")
+                          "machine without Ray or Optuna (grid and random search: the same trials in the same "
+                          "order as ray), one JSON line per trial, and recorded in MLflow where it is installed")
     run.add_argument("--workers", type=int, help="pool: trials at once (default: search.max_concurrent)")
     run.add_argument("--results", help="JSON-lines file of finished trials, one line each: grid and random search "
                                        "skip trials already in it, on either backend (pool default: "

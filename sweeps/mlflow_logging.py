@@ -1,11 +1,12 @@
-"""MLflow records of a sweep: one parent run, one nested run per trial.
+"""MLflow records of a sweep: one parent run, one nested run per trial, for both backends.
 
-All logging happens in the Tune driver (a ``tune.Callback``), from the results trials
-report; workers never talk to MLflow. So only the driver needs to reach the tracking
-store (a SQLite file works, with a single writer), and nothing depends on files in
-trial directories of other nodes. The callback is idempotent across restarts: a trial's
-run is found again by its ``trial_id`` tag, and steps already logged are not logged twice,
-so a restored or retried trial continues its own run.
+All logging happens in the driver (``TrialRecorder``: fed by Tune's callback
+``sweeps.tune_state.MLflowTrialLogger``, or by the pool's loop), from the results trials report;
+workers never talk to MLflow. So only the driver needs to reach the tracking store (a SQLite
+file works, with a single writer), and nothing depends on files in trial directories of other
+nodes. The recorder is idempotent across restarts: a trial's run is found again by its
+``trial_id`` tag, and steps already logged are not logged twice, so a restored or retried trial
+continues its own run.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from ray import tune
 
 from hnet.results import summarize
 
@@ -90,6 +90,23 @@ def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
     return run.info.run_id
 
 
+POOL_STATE = ".mlflow.json"  # beside a pool study's results file: the MLflow sweep it records into
+
+
+def pool_sweep(spec: SweepSpec, results: Path) -> tuple[TrialRecorder, Path]:
+    """The MLflow sweep of a pool study (``sweeps.pool``) and the file naming it: the sweep that file
+    names in this store and experiment (a study continued), or a new parent run. The file goes when
+    the study is finished (``finish_parent_run``), so a study run again later starts a new sweep."""
+    state_file = results.parent / f"{results.stem}{POOL_STATE}"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if (state.get("tracking_uri"), state.get("experiment")) != (spec.tracking_uri, spec.experiment):
+        sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        state = {"tracking_uri": spec.tracking_uri, "experiment": spec.experiment, "sweep_id": sweep_id,
+                 "parent_run_id": start_parent_run(spec, sweep_id, str(results.resolve()))}
+        state_file.write_text(json.dumps(state, indent=2))
+    return TrialRecorder(spec, state["parent_run_id"], state["sweep_id"]), state_file
+
+
 def finish_parent_run(tracking_uri: str, parent_run_id: str, stats: dict[str, float]) -> None:
     client = open_store(tracking_uri)
     now = int(time.time() * 1000)
@@ -121,12 +138,14 @@ WRITE_INTERVAL_S = 5.0  # a running trial's results reach its run at most this o
 TABLE_INTERVAL_S = 30.0  # the sweep's trial table (sweeps.record.TABLE_ARTIFACT) is rewritten at most this often
 
 
-class MLflowTrialLogger(tune.Callback):
-    """Tune callback writing each trial's run. The writes happen on a thread of their own, in order,
-    so Tune's loop never waits for the store. A trial's results are written at most every
+class TrialRecorder:
+    """Writes each trial's run. The writes happen on a thread of their own, in order, so the
+    driver's loop never waits for the store. A trial's results are written at most every
     ``WRITE_INTERVAL_S`` (each write logs every task since the last one: a trial of short tasks
-    costs a few writes, not a few per task). Everything is written (``flush``) before Tune saves its
-    experiment state (``get_state``) and at the end, so a saved state never runs ahead of the record."""
+    costs a few writes, not a few per task). ``flush`` writes everything received; Tune's driver
+    calls it before it saves its experiment state and at the end, so a saved state never runs
+    ahead of the record. A trial is named by its id and its Tune config (``record.to_tune_config``),
+    a result is ``record.task_result``'s."""
 
     def __init__(self, spec: SweepSpec, parent_run_id: str, sweep_id: str) -> None:
         self.tracking_uri, self.experiment = spec.tracking_uri, spec.experiment
@@ -136,7 +155,7 @@ class MLflowTrialLogger(tune.Callback):
         self.version = code_version()
         self.__setstate__({})
 
-    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment
         keep = ("tracking_uri", "experiment", "num_tasks", "base", "search_space", "sweep_id", "parent_run_id",
                 "version")
         return {k: self.__dict__[k] for k in keep}
@@ -155,30 +174,24 @@ class MLflowTrialLogger(tune.Callback):
         self._queue: queue.Queue | None = None
         self._failure: BaseException | None = None
 
-    # Tune's thread ------------------------------------------------------------------------------
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+    # the driver's thread --------------------------------------------------------------------------
+    def result(self, trial_id: str, tune_config: dict[str, Any], result: dict[str, Any]) -> None:
+        """A trial's result after a task (written now, or with a later one)."""
         now = time.monotonic()
-        self._unwritten[trial.trial_id] = (dict(trial.config), result)
-        if now >= self._due.setdefault(trial.trial_id, now + WRITE_INTERVAL_S):
-            self._due[trial.trial_id] = now + WRITE_INTERVAL_S
-            self._submit(trial.trial_id)
+        self._unwritten[trial_id] = (tune_config, result)
+        if now >= self._due.setdefault(trial_id, now + WRITE_INTERVAL_S):
+            self._due[trial_id] = now + WRITE_INTERVAL_S
+            self._submit(trial_id)
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = dict(trial.last_result or {})
-        pruned = result.get("tasks_done", 0) < self.num_tasks
-        self._unwritten[trial.trial_id] = (dict(trial.config), result)
-        self._submit(trial.trial_id, "pruned" if pruned else "completed")
+    def completed(self, trial_id: str, tune_config: dict[str, Any], result: dict[str, Any]) -> None:
+        """The trial ended with ``result``: completed if it learned every task, else pruned."""
+        self._unwritten[trial_id] = (tune_config, result)
+        self._submit(trial_id, "pruned" if result.get("tasks_done", 0) < self.num_tasks else "completed")
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._unwritten.setdefault(trial.trial_id, (dict(trial.config), {}))
-        self._submit(trial.trial_id, "failed", str(getattr(trial, "error_file", None)))
-
-    def get_state(self) -> None:  # called while Tune saves its experiment state, before it is uploaded
-        self.flush()
-        return None
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self.flush(table=True)
+    def failed(self, trial_id: str, tune_config: dict[str, Any], error_file: str | None) -> None:
+        """The trial raised (``error_file``: where its traceback is); its results so far stay."""
+        self._unwritten.setdefault(trial_id, (tune_config, {}))
+        self._submit(trial_id, "failed", str(error_file) if error_file else None)
 
     def flush(self, table: bool = False) -> None:
         """Write every result received so far and wait until it is in the store (raises the first write
@@ -259,8 +272,8 @@ class MLflowTrialLogger(tune.Callback):
         tags += [RunTag(tag, str(result[key])) for tag, key in record.WHERE.items() if key in result]
         if status:
             tags.append(RunTag(record.STATUS, status))
-        if status == "failed":
-            tags.append(RunTag(record.ERROR_FILE, str(error_file)))
+        if status == "failed" and error_file:
+            tags.append(RunTag(record.ERROR_FILE, error_file))
         elif status and "acc_matrix" in result:
             tags += [RunTag(record.ACC_MATRIX, text) for text in [record.matrix_tag(result["acc_matrix"])] if text]
         if params or metrics or tags:

@@ -158,6 +158,13 @@ def read_table(client, parent_run_id: str) -> list[str]:
         return [line for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def task_result(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trial reports after each task, on either backend (the trainer's summary: running means over
+    the tasks learned so far, and the accuracy matrix, small: tasks x tasks)."""
+    return {**{k: summary[k] for k in ("tasks_done", *RESULT_METRICS) if k in summary},
+            "acc_matrix": summary["acc_matrix"]}
+
+
 TUNE_KEYS = (CONFIG_GROUP, SEED_INDEX)  # Tune config entries that are not TrainConfig fields
 
 

@@ -217,10 +217,9 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, state: dict[str, Any]):
     from ray.tune.search import ConcurrencyLimiter
 
     from .console import ProgressLine
-    from .mlflow_logging import MLflowTrialLogger
     from .results_file import done_configs
     from .search import make_searcher
-    from .tune_state import ExperimentStateBackup, FinishedCheckpoints
+    from .tune_state import ExperimentStateBackup, FinishedCheckpoints, MLflowTrialLogger
 
     done = done_configs(Path(state["results"])) if state.get("results") else set()
     inner = make_searcher(spec, stats_file=str(sweep_dir / SEARCH_STATS), done=done)

@@ -121,9 +121,8 @@ class PlannedSearcher(_Pickled):
                          mode=None if isinstance(mode, list) else mode)
         planned = space.plan(spec)
         base = spec.base.to_flat_params()
-        self.queue = [to_tune_config(cfg, base, space.config_id(cfg.replace(seed=spec.base.seed)),
-                                     cfg.seed - spec.base.seed) for cfg in space.trials(spec, planned.configs)
-                      if space.config_key(cfg) not in done]
+        self.queue = [to_tune_config(cfg, base, *space.group_and_seed(spec, cfg))
+                      for cfg in space.trials(spec, planned.configs) if space.config_key(cfg) not in done]
         self.num_trials = len(self.queue)
         self.stats = planned.stats()
         _write_stats(stats_file, self.stats)

@@ -156,6 +156,11 @@ def trials(spec: SweepSpec, configs: list[TrainConfig]) -> list[TrainConfig]:
     return [group[s] for s in range(spec.seeds) for group in per_config]
 
 
+def group_and_seed(spec: SweepSpec, cfg: TrainConfig) -> tuple[str, int]:
+    """A trial's configuration group (its seeds share it: ``config_id`` at the base seed) and seed index."""
+    return config_id(cfg.replace(seed=spec.base.seed)), cfg.seed - spec.base.seed
+
+
 def check_feasible(spec: SweepSpec, probes: int = 300) -> int | None:
     """Before anything starts: fail fast if no configuration lies in the compression range. A grid or
     random spec is planned (returns how many configurations it has); TPE and NSGA-II are probed with

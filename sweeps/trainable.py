@@ -27,17 +27,10 @@ from hnet.results import RESULT_METRICS
 from hnet.diagnostics import DeadUnits
 from hnet.trainer import Callback, resolve_device, train
 
-from .record import from_tune_config
+from .record import from_tune_config, task_result
 
 CHECKPOINT_FILE = "checkpoint.pt"
 RECEIPT_KEYS = ("tasks_done", *RESULT_METRICS, "acc_matrix", "node_id", "device", "gpu_ids")  # what a re-report needs
-
-
-def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """Tune metrics after a task: running means over the tasks learned so far."""
-    metrics = {k: summary[k] for k in ("tasks_done", *RESULT_METRICS) if k in summary}
-    metrics["acc_matrix"] = summary["acc_matrix"]  # small (tasks x tasks); the MLflow logger needs it
-    return metrics
 
 
 class TuneReporter(Callback):
@@ -45,7 +38,7 @@ class TuneReporter(Callback):
         self.placement = placement  # where the trial runs: node, device, Ray's GPU ids (MLflow tags)
 
     def on_task_end(self, task: int, summary: dict[str, Any], checkpoint: Path | None) -> None:
-        report_with_file(trial_metrics(summary) | self.placement, checkpoint)
+        report_with_file(task_result(summary) | self.placement, checkpoint)
 
 
 def report_with_file(metrics: dict[str, Any], checkpoint: Path) -> None:

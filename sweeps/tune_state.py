@@ -1,4 +1,5 @@
-"""Tune's experiment state (trial list, searcher) made to survive a driver killed mid-save.
+"""Tune's side of the driver: the MLflow record fed from Tune's calls (``MLflowTrialLogger``), and
+Tune's experiment state (trial list, searcher) made to survive a driver killed mid-save.
 
 Tune uploads that state by truncating and rewriting the files in the sweep folder, so a
 driver killed during an upload leaves them cut off, and ``Tuner.restore`` then silently
@@ -18,10 +19,35 @@ from typing import Any
 import pyarrow.fs
 from ray import tune
 
-from .spec import SpecError
+from .mlflow_logging import TrialRecorder
+from .spec import SpecError, SweepSpec
 
 TUNE_STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
 STATE_BACKUP = "hnet_state_backup"
+
+
+class MLflowTrialLogger(tune.Callback):
+    """Tune's calls -> the sweep's ``TrialRecorder``: every result, the end of every trial, and a flush
+    before Tune saves its experiment state (so a saved state never runs ahead of the record)."""
+
+    def __init__(self, spec: SweepSpec, parent_run_id: str, sweep_id: str) -> None:
+        self.recorder = TrialRecorder(spec, parent_run_id, sweep_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.recorder.result(trial.trial_id, dict(trial.config), result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.recorder.completed(trial.trial_id, dict(trial.config), dict(trial.last_result or {}))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.recorder.failed(trial.trial_id, dict(trial.config), getattr(trial, "error_file", None))
+
+    def get_state(self) -> None:  # called while Tune saves its experiment state, before it is uploaded
+        self.recorder.flush()
+        return None
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.recorder.flush(table=True)
 
 
 class ExperimentStateBackup(tune.Callback):

@@ -276,7 +276,7 @@ def test_load_trials_joins_the_trial_table_with_runs_it_does_not_hold(tmp_path):
     still runs: the same trials, statuses and matrices as reading every run by search."""
     from hnet.results import summarize
     from sweeps import record
-    from sweeps.mlflow_logging import MLflowTrialLogger, start_parent_run
+    from sweeps.mlflow_logging import TrialRecorder, start_parent_run
     from sweeps.spec import parse_spec
     from sweeps.store import analyze_store
 
@@ -284,7 +284,7 @@ def test_load_trials_joins_the_trial_table_with_runs_it_does_not_hold(tmp_path):
     spec = parse_spec({"name": "j", "base": {"preset": "split_digits", "num_tasks": 2}, "space": {"beta": [0.1, 1.0]},
                        "mlflow": {"experiment": "j", "tracking_uri": uri}})
     base = spec.base.to_flat_params()
-    writer = MLflowTrialLogger(spec, start_parent_run(spec, "j-1", str(tmp_path)), "j-1")
+    writer = TrialRecorder(spec, start_parent_run(spec, "j-1", str(tmp_path)), "j-1")
 
     def write(i: int, status: str | None, tasks: int = 2) -> None:
         matrix = [[90.0 + i, 80.0 + i][:t + 1] for t in range(tasks)]

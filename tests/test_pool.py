@@ -41,12 +41,14 @@ num_samples: {samples}
 seeds: 2
 compression:
   max: 1.0
+mlflow:
+  tracking_uri: sqlite:///{store}
 """
 
 
 def write_spec(tmp_path: Path, iters: int = 10, algorithm: str = "random", samples: int = 2) -> Path:
     path = tmp_path / "spec.yaml"
-    path.write_text(SPEC.format(iters=iters, algorithm=algorithm, samples=samples))
+    path.write_text(SPEC.format(iters=iters, algorithm=algorithm, samples=samples, store=tmp_path / "mlflow.db"))
     return path
 
 
@@ -84,7 +86,7 @@ def test_plan_random_and_grid(tmp_path):
 
 def _grid_spec(tmp_path: Path) -> Path:
     path = tmp_path / "grid.yaml"
-    path.write_text(SPEC.format(iters=10, algorithm="grid", samples=100).replace(
+    path.write_text(SPEC.format(iters=10, algorithm="grid", samples=100, store=tmp_path / "mlflow.db").replace(
         "  hnet_hidden:\n    layers: [1, 2]\n    sizes: [5, 10]\n", "  hnet_hidden: [[5], [10, 10]]\n"))
     return path
 
@@ -149,10 +151,12 @@ def test_sigterm_ends_the_pools_workers(tmp_path):
     workers: list[int] = []
     try:
         deadline = time.time() + 120
-        while len(workers) < 2 and time.time() < deadline:  # the spawn workers (plus, maybe, a resource tracker)
+        # the 2 spawn workers and the process that carries their per-task results to MLflow (a multiprocessing
+        # manager; plus, maybe, a resource tracker, which is not spawned)
+        while len(workers) < 3 and time.time() < deadline:
             time.sleep(1)
             workers = [pid for pid in children(proc.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
-        assert len(workers) == 2, proc.stdout.read() if proc.poll() is not None else "workers did not start"
+        assert len(workers) == 3, proc.stdout.read() if proc.poll() is not None else "workers did not start"
         time.sleep(5)  # into their first trial
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
@@ -186,7 +190,7 @@ def test_set_refuses_a_searched_field_and_the_pool_refuses_ray_flags(tmp_path):
     spec = str(write_spec(tmp_path))
     searched = sweep("run", spec, "--backend", "pool", "--set", "chunk_size=7")
     assert searched.returncode == 2 and "searched by the spec's space" in searched.stderr
-    for flag in (["--tracking-uri", "sqlite:///x.db"], ["--verbose"], ["--workers", "0"]):
+    for flag in (["--address", "127.0.0.1:6379"], ["--verbose"], ["--workers", "0"]):
         refused = sweep("run", spec, "--backend", "pool", *flag)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, (flag, refused.stderr)
 

@@ -327,8 +327,9 @@ def test_multi_objective_search_builds_a_pareto_front():
 
 def test_both_backends_train_one_plan_in_one_order_and_continue_each_other(tmp_path):
     """Grid and random search: `hnet sweep dry-run`, the pool and Ray train the same configurations in the
-    same order (both backends take them from sweeps.space; Ray once, for time); a study begun by the pool and
-    continued by Ray with the same --results file trains the rest only, and the file ends with the whole study."""
+    same order (both backends take them from sweeps.space); a study begun by the pool and continued by Ray with
+    the same --results file trains the rest only, and the file ends with the whole study. Both record to MLflow
+    alike: the same trials through either backend read back with the same columns and numbers."""
     import json
 
     base = {**TINY_BASE, "num_tasks": 1, "iters": 5}
@@ -363,12 +364,36 @@ def test_both_backends_train_one_plan_in_one_order_and_continue_each_other(tmp_p
         assert proc.returncode == 0 and in_file() == listed[:1], proc.stdout + proc.stderr
         proc = hnet("sweep", "run", str(path), "--results", str(results), cwd=folder)  # ... Ray goes on
         assert proc.returncode == 0 and "1 of 4 trials are in" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
-        _, trials = runs(tmp_path, algorithm)
+        parents, trials = runs(tmp_path, algorithm)  # the pool's sweep (1 trial) and Ray's (the other 3)
+        assert len(parents) == 2 and trials.groupby("tags.sweep_id").size().sort_values().tolist() == [1, 3]
         assert [point({"beta": t["params.beta"], "lr": t["params.lr"]})  # one at a time: start order
-                for _, t in trials.sort_values("start_time").iterrows()] == listed[1:]
+                for _, t in trials.sort_values("start_time").iterrows()] == listed
         assert sorted(in_file()) == sorted(listed)  # the file holds the whole study, each trial once
         again = hnet(*pool, cwd=folder)
         assert again.returncode == 0 and "0 trials to run (4 already in" in again.stdout, again.stdout + again.stderr
+    # The pool records into MLflow as Ray does: the grid study ran by the pool, the same grid through Ray
+    # into a second experiment, read back by load_trials (and hnet report, the UI's view) alike.
+    from analysis.runs import load_trials
+    from sweeps import record
+
+    path = write_spec(tmp_path / "grid", base=base, space=space, num_samples=4, search={"algorithm": "grid"},
+                      mlflow={"experiment": "grid_ray", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    proc = hnet("sweep", "run", str(path), cwd=tmp_path / "grid")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    pooled, rayed = (load_trials(name, uri, with_matrix=True).set_index(["beta", "lr"]).sort_index()
+                     for name in ("grid", "grid_ray"))
+    assert list(pooled.columns) == list(rayed.columns) and len(pooled) == len(rayed) == 4
+    assert (pooled.status == "completed").all() and (rayed.status == "completed").all()
+    for column in ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio", "hnet_weights"):
+        assert pooled[column].tolist() == pytest.approx(rayed[column].tolist(), abs=1e-6), column
+    assert pooled.acc_matrix.tolist() == rayed.acc_matrix.tolist()
+    parents, trials = runs(tmp_path, "grid")
+    assert len(parents) == 1 and (parents.status == "FINISHED").all() and (trials.status == "FINISHED").all()
+    assert (trials["tags.mlflow.parentRunId"] == parents.run_id.iloc[0]).all()
+    assert record.VIEW_TAG in mlflow.tracking.MlflowClient(uri).get_experiment_by_name("grid").tags  # the UI's view
+    report = hnet("report", "grid", "--tracking-uri", uri, "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert report.returncode == 0 and (tmp_path / "report" / "fig_a7.png").exists(), report.stderr
 
 
 def test_console_is_quiet_and_the_log_holds_the_rest(tmp_path):
