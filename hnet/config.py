@@ -201,6 +201,12 @@ class TrainConfig(Fields):
         return methods.SCENARIOS[self.scenario]
 
     @property
+    def hnet_last_width(self) -> int:
+        """Width of the layer the hypernetwork's output layer reads: its last hidden layer, or without
+        hidden layers its input (task and chunk embedding)."""
+        return (self.hnet_hidden or (self.task_emb_dim + self.chunk_emb_dim,))[-1]
+
+    @property
     def generated_classifier(self) -> bool:
         """The classifier's weights come from a hypernetwork, one set per task (hnet, hnet_tir)."""
         return self.method_kind.generated_classifier
@@ -313,16 +319,19 @@ class Runtime(Fields):
               f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         return self
 
+    def with_cpu_share(self, cpus: float) -> "Runtime":
+        """Threads 0 (unset) become a trial's share of the CPUs, at least 1: sweeps run trials side by side,
+        and torch's default (every core) in each of them would oversubscribe the machine."""
+        return self if self.threads else self.replace(threads=max(1, math.floor(cpus)))
+
     def reg_form_for(self, cfg: TrainConfig) -> str:
         """auto: the factored form costs ~chunks*(2w+1)^2 per earlier task, the direct one
         ~chunks*chunk_size*w plus passes over all generated weights; factored wins for few large
         chunks (the paper's presets), direct for many small ones (e.g. chunk size 10 in the Fig. A7
-        grid). Measured on one and two CPU threads (PermutedMNIST target, 9 earlier tasks, widths
-        25/55/90): even at chunk_size 2w, factored 1.2-1.9x faster from 3w on (docs/train.md)."""
+        grid); the threshold of 3w is where the measurements in docs/train.md cross."""
         if self.reg_form != "auto":
             return self.reg_form
-        width = (cfg.hnet_hidden or (cfg.task_emb_dim + cfg.chunk_emb_dim,))[-1]
-        return "factored" if cfg.chunk_size >= 3 * width else "direct"
+        return "factored" if cfg.chunk_size >= 3 * cfg.hnet_last_width else "direct"
 
 
 def split_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -385,8 +394,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         hnet_hidden=(25, 25), hnet_activation="elu", chunk_size=78000, task_emb_dim=24,
         chunk_emb_dim=8, beta=0.01, lr=1e-4, iters=5000, batch_size=128, lookahead=True),
 }
-# The project's improvement: cosine lr within each task (CL1 99.76 ± 0.05 over 20 seeds vs 99.68 ± 0.08
-# constant; docs/scenarios.md). Small-chunk hypernetworks forget more with it (docs/init_history.md).
+# The project's variant: cosine lr within each task (what it gains and costs: docs/scenarios.md,
+# docs/init_history.md).
 PRESETS["split_mnist_cosine"] = {**PRESETS["split_mnist"], "lr_schedule": "cosine"}
 # The authors' published code differs from the paper's text in two places.
 PRESETS["split_mnist_authors"] = {**PRESETS["split_mnist"], "hnet_activation": "relu"}

@@ -57,7 +57,7 @@ class Scenario:
         logits = target_forward(target, weights, x, task if self.name == "cl1" else 0)
         return logits[:, :seen * self.classes_per_task] if self.name == "cl3" else logits
 
-    def train_logits(self, target, weights: torch.Tensor, x: torch.Tensor, task: int) -> torch.Tensor:
+    def logits_given_task(self, target, weights: torch.Tensor, x: torch.Tensor, task: int) -> torch.Tensor:
         """Logits with the task given (training, and cl1 at test): a hypernetwork's target always sees
         its task's classes (task-specific weights); a target trained directly its head or, in cl3, the
         classes so far."""
@@ -118,21 +118,21 @@ def evaluate(cfg: TrainConfig, target, weights: torch.Tensor, bench: Benchmark, 
         accs, inferred, total = [], 0, 0
         for t in range(seen):
             split = bench.eval_split(t, part)
-            correct = 0
+            score = 0.0  # correct predictions, or a regression's squared errors
             for start in range(0, len(split.rows), batch_size):
                 x = bench.inputs(t, part, split.rows[start:start + batch_size])
                 y = scenario.scored_labels(split.labels[start:start + batch_size], t)
                 if scenario.regression:
-                    correct += (scenario.train_logits(target, weights[t], x, t)[:, 0] - y).square().sum().item()
+                    score += (scenario.logits_given_task(target, weights[t], x, t)[:, 0] - y).square().sum().item()
                     continue
                 if scenario.name == "cl1":
-                    pred, task = scenario.train_logits(target, weights[t], x, t).argmax(1), None
+                    pred, task = scenario.logits_given_task(target, weights[t], x, t).argmax(1), None
                 else:
                     pred, task = scenario.predict_without_task(target, weights, x, seen, task_classifier)
-                correct += (pred == y).sum().item()
+                score += (pred == y).sum().item()
                 if task is not None:
                     inferred += (task == t).sum().item()
-            accs.append((1.0 if scenario.regression else 100.0) * correct / len(split.rows))
+            accs.append((1.0 if scenario.regression else 100.0) * score / len(split.rows))
             total += len(split.rows)
         return accs, (100.0 * inferred / total if scenario.weights_per_task and scenario.name != "cl1" else None)
     finally:

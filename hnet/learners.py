@@ -55,7 +55,7 @@ class Learner:
     def task_loss(self, target: nn.Module, scenario: Scenario, x: torch.Tensor, y: torch.Tensor,
                   generator: torch.Generator) -> torch.Tensor:
         """The loss on the current task's batch (HNET+R adds its replay to it)."""
-        logits = scenario.train_logits(target, self.weights(), x, self.task)
+        logits = scenario.logits_given_task(target, self.weights(), x, self.task)
         return scenario.train_loss(logits, y, self.task, label_smoothing(self.cfg.soft_target, logits.shape[1]))
 
     def penalty_backward(self, optimizer: torch.optim.Adam, generator: torch.Generator) -> torch.Tensor | None:
@@ -181,10 +181,10 @@ class PenaltyLearner(Learner):
         return {"hnet_weights": self.module.weights.numel(), "task_embedding_weights": 0, "num_chunks": 0}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"hnet": self.module.state_dict(), **({"penalty": self.penalty.state_dict()} if self.penalty else {})}
+        return {"target": self.module.state_dict(), **({"penalty": self.penalty.state_dict()} if self.penalty else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["hnet"])
+        self.module.load_state_dict(state["target"])
         if self.penalty:
             self.penalty.load_state_dict(state["penalty"])
 

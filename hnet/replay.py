@@ -99,13 +99,6 @@ class ReplayVAE(nn.Module):
         task_ids = torch.arange(tasks, device=x.device).repeat_interleave(per_task)[:n]
         return x, task_ids
 
-    def generate(self, task: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` samples of ``task`` from its current decoder (figures, tests)."""
-        with torch.no_grad():
-            weights = self.hnet(self.hnet.embeddings([task]))[0]
-            z = torch.randn(n, self.latent_dim, generator=generator, device=weights.device)
-            return torch.sigmoid(target_forward(self.decoder, weights, self._decoder_input(z, task)))
-
     def weight_counts(self) -> dict[str, int]:
         return {"replay_decoder_weights": num_weights(self.decoder),
                 "replay_hnet_weights": sum(p.numel() for p in self.hnet.theta().values()),
@@ -203,8 +196,8 @@ class ReplayLearner(PenaltyLearner):
         return {**super().weight_counts(), **self.replay.weight_counts()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"hnet": self.module.state_dict(), "replay": self.replay.state_dict()}
+        return {"target": self.module.state_dict(), "replay": self.replay.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["hnet"])
+        self.module.load_state_dict(state["target"])
         self.replay.load_state_dict(state["replay"])

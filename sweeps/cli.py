@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
@@ -55,8 +54,7 @@ def _load(args: argparse.Namespace) -> SweepSpec:
         spec.num_samples = planned
     if getattr(args, "backend", "ray") == "pool":
         return spec  # threads: sweeps.pool
-    if spec.runtime.threads == 0:  # one torch thread per reserved CPU (no oversubscription)
-        spec.runtime = spec.runtime.replace(threads=max(1, math.floor(spec.cpus_per_trial)))
+    spec.runtime = spec.runtime.with_cpu_share(spec.cpus_per_trial)
     return spec
 
 

@@ -80,8 +80,7 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
     a failed trial is reported and not written, so running again retries it. Trials checkpoint after
     every task into ``<results name>.checkpoints/`` beside ``results``. Where MLflow is installed the
     trials are also recorded in the spec's store, as a Ray sweep records them."""
-    cores = len(os.sched_getaffinity(0))
-    runtime = spec.runtime.replace(threads=spec.runtime.threads or max(1, cores // workers)).to_dict()
+    runtime = spec.runtime.with_cpu_share(len(os.sched_getaffinity(0)) / workers).to_dict()
     done_before = done_configs(results)
     planned = plan(spec)
     todo = [c for c in trials(spec, planned.configs) if config_key(c) not in done_before]

@@ -32,10 +32,9 @@ from hnet.results import FIXED_METRICS, RESULT_METRICS, SUMMARY_METRICS  # noqa:
 ROLE, ROLE_SWEEP, ROLE_TRIAL = "role", "sweep", "trial"
 SWEEP_ID, SWEEP_NAME, TRIAL_ID = "sweep_id", "sweep_name", "trial_id"
 STATUS = "trial_status"  # completed | pruned | failed; a run without it is still running (or was cut off)
-STATUSES = ("completed", "pruned", "failed", "running")
 BENCHMARK, SCENARIO, METHOD, SEARCH_SPACE = "benchmark", "scenario", "method", "search_space"
 CONFIG_GROUP, SEED_INDEX = "config_group", "seed_index"  # a configuration's seeds share the group
-WHERE = {"ray_node_id": "node_id", "hostname": "hostname", "device": "device", "gpu_ids": "gpu_ids"}  # tag: result key
+WHERE = {"ray_node_id": "node_id", "device": "device", "gpu_ids": "gpu_ids"}  # tag: result key (where a trial ran)
 ERROR_FILE = "error_file"
 ACC_MATRIX = "acc_matrix"  # tag: the finished trial's accuracy matrix as JSON (``matrix_tag``)
 TABLE_ARTIFACT = "trials.jsonl"  # of a sweep's parent run: one ``TrialRecord.to_line`` per ended trial

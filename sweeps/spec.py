@@ -236,12 +236,11 @@ def fit_chunk_size(cfg: TrainConfig, max_ratio: float) -> int | None:
     [S*, N] finds the largest feasible S.
     """
     target = count_weights(cfg.replace(chunk_size=1)).target_weights
-    width = (cfg.hnet_hidden or (cfg.task_emb_dim + cfg.chunk_emb_dim,))[-1]
 
     def ok(size: int) -> bool:
         return count_weights(cfg.replace(chunk_size=size)).compression_ratio <= max_ratio
 
-    lo = max(1, min(target, round(math.sqrt(target * cfg.chunk_emb_dim / (width + 1)))))
+    lo = max(1, min(target, round(math.sqrt(target * cfg.chunk_emb_dim / (cfg.hnet_last_width + 1)))))
     if not ok(lo):
         return None
     hi = target

@@ -79,9 +79,7 @@ def placement(runtime: Runtime) -> tuple[Runtime, dict[str, str]]:
     """
     context = ray.get_runtime_context()
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
-    cpus = context.get_assigned_resources().get("CPU", 1.0)
-    if runtime.threads == 0:
-        runtime = runtime.replace(threads=max(1, int(cpus)))
+    runtime = runtime.with_cpu_share(context.get_assigned_resources().get("CPU", 1.0))
     device = resolve_device(runtime.device)
     if gpu_ids and device.type != "cuda":
         print(f"hnet trial: Ray assigned GPU {','.join(gpu_ids)} but CUDA is not available on this node; "

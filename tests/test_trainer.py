@@ -148,3 +148,17 @@ def test_regression_toy_keeps_protected_fits_and_forgets_unprotected_ones():
     assert protected["metric"] == "mse" and max(protected["acc_after"][:2]) < 0.05, protected["acc_after"]
     assert min(unprotected["acc_after"][:2]) > 0.1, unprotected["acc_after"]
     assert max(protected["acc_during"] + unprotected["acc_during"]) < 0.1  # every task is learned first
+
+
+def test_a_checkpoint_in_another_layout_fails_in_one_line(tmp_path):
+    """A checkpoint this version does not write (here: a baseline's weights under the old key "hnet") is
+    refused with one line that says what to do, not a traceback from deep inside PyTorch."""
+    cfg = small(method="ewc", num_tasks=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[Recorder(stop_after=0)], checkpoint=tmp_path / "cut.pt")
+    saved = torch.load(tmp_path / "cut.pt", weights_only=True)
+    saved["hnet"] = saved.pop("target")
+    torch.save(saved, tmp_path / "cut.pt")
+    with pytest.raises(ValueError, match="another layout") as error:
+        train(cfg, checkpoint=tmp_path / "cut.pt", resume=True)
+    assert "\n" not in str(error.value) and "delete it" in str(error.value)
