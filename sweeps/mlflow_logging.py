@@ -23,10 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hnet.results import summarize
-
 from . import record
-from .record import FIXED_METRICS, RESULT_METRICS, SUMMARY_METRICS
 from .spec import SweepSpec
 from .store import open_store
 
@@ -258,7 +255,7 @@ class TrialRecorder:
         last write, where it ran, and with ``status`` its end."""
         if self._runs is None:
             self._index_runs()
-        params, tags = [], []
+        params = []
         if trial_id not in self._runs:
             config = record.from_tune_config(tune_config, self.base)
             run_tags = record.trial_tags(trial_id, self.sweep_id, self.parent_run_id, config, self.search_space,
@@ -268,14 +265,7 @@ class TrialRecorder:
             params = [Param(k, v) for k, v in config.to_flat_params().items()]
         run_id = self._runs[trial_id]
         metrics = self._new_metrics(trial_id, result) if "acc_matrix" in result else []
-        # where the trial ran (its latest node, after a retry elsewhere)
-        tags += [RunTag(tag, str(result[key])) for tag, key in record.WHERE.items() if key in result]
-        if status:
-            tags.append(RunTag(record.STATUS, status))
-        if status == "failed" and error_file:
-            tags.append(RunTag(record.ERROR_FILE, error_file))
-        elif status and "acc_matrix" in result:
-            tags += [RunTag(record.ACC_MATRIX, text) for text in [record.matrix_tag(result["acc_matrix"])] if text]
+        tags = [RunTag(k, v) for k, v in record.result_tags(result, status, error_file).items()]
         if params or metrics or tags:
             self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
         if status:
@@ -299,19 +289,9 @@ class TrialRecorder:
     def _new_metrics(self, trial_id: str, result: dict[str, Any]) -> list[Metric]:
         """The metrics of every task finished since the trial's last logged one (each step exactly once,
         also for tasks whose results a killed driver never saw: their rows are in the matrix)."""
-        step = int(result["tasks_done"]) - 1
-        first = self._last_step.get(trial_id, -1) + 1
+        step, first = int(result["tasks_done"]) - 1, self._last_step.get(trial_id, -1) + 1
         if step < first:
             return []  # already logged (before a restart, or a finished trial reporting again)
         now = int(time.time() * 1000)
-        matrix = result["acc_matrix"]
-        fixed = () if first > 0 else FIXED_METRICS  # the architecture's counts: once, with the first task
-        metrics = [Metric(k, float(result[k]), now, step) for k in RESULT_METRICS
-                   if k in result and (k not in FIXED_METRICS or k in fixed)]
-        for s in range(first, step + 1):
-            metrics += [Metric(record.acc_task_metric(j), float(a), now, s) for j, a in enumerate(matrix[s])]
-            if s < step:
-                summary = summarize(matrix[:s + 1])
-                metrics += [Metric(k, float(summary[k]), now, s) for k in SUMMARY_METRICS]
         self._last_step[trial_id] = step
-        return metrics
+        return [Metric(k, v, now, s) for k, v, s in record.step_metrics(result, first)]

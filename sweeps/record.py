@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hnet.config import TrainConfig
-from hnet.results import FIXED_METRICS, RESULT_METRICS, SUMMARY_METRICS  # noqa: F401 (re-exported: the metric names)
+from hnet.results import FIXED_METRICS, RESULT_METRICS, SUMMARY_METRICS, summarize
 
 ROLE, ROLE_SWEEP, ROLE_TRIAL = "role", "sweep", "trial"
 SWEEP_ID, SWEEP_NAME, TRIAL_ID = "sweep_id", "sweep_name", "trial_id"
@@ -186,6 +186,36 @@ def _present(value: Any) -> bool:
 
 def _numbers(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, float]:
     return {k: float(values[k]) for k in names if k in values and _present(values[k])}
+
+
+def step_metrics(result: Mapping[str, Any], first: int) -> list[tuple[str, float, int]]:
+    """A trial run's metrics (name, value, step) for the tasks from ``first`` to the result's last: the
+    accuracy matrix's rows as ``acc_task_{j}``, the running summaries at each step (rebuilt from the
+    matrix for steps whose report never reached the driver), the architecture's counts once (step 0)."""
+    step = int(result["tasks_done"]) - 1
+    matrix = result["acc_matrix"]
+    fixed = FIXED_METRICS if first == 0 else ()
+    metrics = [(k, float(result[k]), step) for k in RESULT_METRICS
+               if k in result and (k not in FIXED_METRICS or k in fixed)]
+    for s in range(first, step + 1):
+        metrics += [(acc_task_metric(j), float(a), s) for j, a in enumerate(matrix[s])]
+        if s < step:
+            summary = summarize(matrix[:s + 1])
+            metrics += [(k, float(summary[k]), s) for k in SUMMARY_METRICS]
+    return metrics
+
+
+def result_tags(result: Mapping[str, Any], status: str | None, error_file: str | None = None) -> dict[str, str]:
+    """A trial run's tags from a result: where it ran (its latest node, after a retry elsewhere) and, with
+    ``status``, its end: the status, and the accuracy matrix (``matrix_tag``) or the failure's error file."""
+    tags = {tag: str(result[key]) for tag, key in WHERE.items() if key in result}
+    if status:
+        tags[STATUS] = status
+    if status == "failed" and error_file:
+        tags[ERROR_FILE] = error_file
+    elif status and "acc_matrix" in result and (text := matrix_tag(result["acc_matrix"])):
+        tags[ACC_MATRIX] = text
+    return tags
 
 
 def trial_tags(trial_id: str, sweep_id: str, parent_run_id: str, config: TrainConfig, search_space: str,
