@@ -63,14 +63,15 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     With ``results_files`` (JSON lines of trainer results) the trials come from those files, merged,
     instead of MLflow, and nothing is logged.
     """
-    from sweeps.store import open_store
+    from sweeps.store import AccessError, open_store, server_access
 
     if results_files:
         frame, log_to_mlflow = load_results_files(results_files), False
         source, experiment_id = ", ".join(portable(str(f)) for f in results_files), None
     else:
         frame, source = load_trials(experiment, tracking_uri, with_matrix=True), portable(tracking_uri)
-        experiment_id = open_store(tracking_uri).get_experiment_by_name(experiment).experiment_id
+        with server_access(tracking_uri, f"read experiment {experiment!r}"):
+            experiment_id = open_store(tracking_uri).get_experiment_by_name(experiment).experiment_id
     if frame.empty:
         raise ValueError(f"experiment {experiment!r} at {source} holds no trial runs")
     unknown = sorted(set(trials or []) - set(frame["trial_id"]))
@@ -136,9 +137,14 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     report.write_text("\n".join(lines) + "\n")
 
     if log_to_mlflow:
-        for parent in client.search_runs([experiment_id], filter_string="tags.role = 'sweep'"):
-            for path in (report, *figure.values(), *heatmaps.values()):
-                client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
+        try:  # a reader with READ permission only gets the report without attaching it
+            with server_access(tracking_uri, f"attach the report to the runs of experiment {experiment!r}"):
+                for parent in client.search_runs([experiment_id], filter_string="tags.role = 'sweep'"):
+                    for path in (report, *figure.values(), *heatmaps.values()):
+                        client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
+            print("report: logged to the sweep's parent run", file=sys.stderr)
+        except AccessError as exc:
+            print(f"hnet report: not logged to MLflow, kept in {out_dir} only: {exc}", file=sys.stderr)
     return report
 
 
@@ -149,8 +155,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                               ui_url=args.ui_url, log_ratio=args.log_ratio)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    logged = "" if args.results else "; also logged to the sweep's parent run"
-    print(f"report: {report}  (figure: {out / 'fig_a7.png'}{logged})", file=sys.stderr)
+    print(f"report: {report}  (figure: {out / 'fig_a7.png'})", file=sys.stderr)
     return 0
 
 

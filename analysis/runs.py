@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from hnet.config import TrainConfig
 from sweeps import record
-from sweeps.store import open_store
+from sweeps.store import open_store, server_access
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a trial table per sweep: no bar each
 CONFIG_FIELDS = [k for k in TrainConfig.field_names() if k != "seed"]  # identify a configuration across seeds
@@ -28,7 +28,15 @@ def load_trials(experiment: str, tracking_uri: str = "sqlite:///mlflow.db", with
     Bulk read: each sweep's trial table (``sweeps.record.TABLE_ARTIFACT``, one download), plus one
     search per sweep for its runs still running or ended after the table was written (a sweep
     without a table: all its runs, the slow path at ~2 ms per run).
+
+    On a tracking server with users, MLflow's credential variables (MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD) say who reads; a refusal (401/403) raises ``sweeps.store.AccessError``.
     """
+    with server_access(tracking_uri, f"read experiment {experiment!r}"):
+        return _load_trials(experiment, tracking_uri, with_matrix)
+
+
+def _load_trials(experiment: str, tracking_uri: str, with_matrix: bool) -> pd.DataFrame:
     client = open_store(tracking_uri, create=False)  # a missing store is an error, not a new empty one
     mlflow.set_tracking_uri(tracking_uri)
     found = client.get_experiment_by_name(experiment)

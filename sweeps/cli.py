@@ -140,8 +140,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = Path(args.results) if args.results else None
     if results and not args.resume and nothing_left(spec, results):
         return 0
+    from .mlflow_logging import check_access
     from .runner import run_sweep
 
+    check_access(spec)  # a server refusing this user: one line, and nothing before it
     print(f"hnet sweep: {spec.name}: {spec.num_samples} configurations x {spec.seeds} seed(s), "
           f"{spec.algorithm} search, {spec.base.benchmark}, MLflow {spec.tracking_uri} (experiment {spec.experiment!r})",
           flush=True)

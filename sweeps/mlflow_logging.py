@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from . import record
 from .spec import SweepSpec
-from .store import open_store
+from .store import is_server, open_store, server_access
 
 
 def code_version() -> dict[str, str]:
@@ -67,8 +67,10 @@ def set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value
             time.sleep(0.2 * (attempt + 1))
 
 
-def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
-    """Create the sweep's parent run and the experiment's runs view; returns the run's id."""
+def prepare_experiment(spec: SweepSpec) -> str:
+    """The sweep's experiment (created when new) with its runs view and note; returns its id. These are
+    a sweep's first writes, and they repeat harmlessly: the runner makes them before Ray starts, so
+    that a tracking server refusing the user (``sweeps.store.server_access``) stops the sweep there."""
     client = open_store(spec.tracking_uri)
     experiment_id = get_experiment_id(client, spec.experiment)
     set_experiment_tag(client, experiment_id, record.VIEW_TAG, json.dumps(record.runs_view(list(spec.space))))
@@ -77,6 +79,23 @@ def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
                        f"{spec.base.scenario}; searched: {', '.join(spec.space)}; {spec.algorithm} search, "
                        f"{spec.num_samples} configurations x {spec.seeds} seed(s). Trials are nested under "
                        f"the sweep's run; `hnet report` adds Fig. A7 and the tables to it.")
+    return experiment_id
+
+
+def check_access(spec: SweepSpec) -> None:
+    """On a tracking server with users (docs/cluster.md), make the sweep's first writes now: missing or
+    wrong credentials (401) or no EDIT permission on the experiment (403) become one ``hnet: error:``
+    line before anything trains, instead of a sweep that trains and cannot record. Both backends call
+    it first, for new and continued sweeps alike."""
+    if is_server(spec.tracking_uri):
+        with server_access(spec.tracking_uri, f"write to experiment {spec.experiment!r}"):
+            prepare_experiment(spec)
+
+
+def start_parent_run(spec: SweepSpec, sweep_id: str, storage: str) -> str:
+    """Create the sweep's parent run and the experiment's runs view; returns the run's id."""
+    client = open_store(spec.tracking_uri)
+    experiment_id = prepare_experiment(spec)
     tags = {"mlflow.runName": sweep_id, record.SWEEP_ID: sweep_id, record.SWEEP_NAME: spec.name,
             record.ROLE: record.ROLE_SWEEP, record.BENCHMARK: spec.base.benchmark, record.SCENARIO: spec.base.scenario,
             record.METHOD: spec.base.method,
@@ -94,6 +113,7 @@ def pool_sweep(spec: SweepSpec, results: Path) -> tuple[TrialRecorder, Path]:
     """The MLflow sweep of a pool study (``sweeps.pool``) and the file naming it: the sweep that file
     names in this store and experiment (a study continued), or a new parent run. The file goes when
     the study is finished (``finish_parent_run``), so a study run again later starts a new sweep."""
+    check_access(spec)  # before the pool trains anything
     state_file = results.parent / f"{results.stem}{POOL_STATE}"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     if (state.get("tracking_uri"), state.get("experiment")) != (spec.tracking_uri, spec.experiment):

@@ -84,10 +84,10 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
     done_before = done_configs(results)
     planned = plan(spec)
     todo = [c for c in trials(spec, planned.configs) if config_key(c) not in done_before]
+    results.parent.mkdir(parents=True, exist_ok=True)
+    sweep = open_record(spec, results) if todo else None  # (recorder, file naming the MLflow sweep) or None
     print(f"{spec.name}: {len(todo)} trials to run ({len(done_before)} already in {results}), {workers} at a time, "
           f"device {runtime['device']}, {runtime['threads']} thread(s) each", flush=True)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    sweep = open_record(spec, results)  # (recorder, the file naming the MLflow sweep), or None
     pool = Pool(spec, todo, results, runtime, time_limit, sweep[0] if sweep else None)
     finished, failed = pool.run(workers)
     left = len(todo) - finished - failed

@@ -108,6 +108,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool = False,
         console = Console()
         console.log_to(Path(tempfile.mkstemp(prefix="hnet-sweep-", suffix=".log")[1]))
     try:
+        from .mlflow_logging import check_access
+
+        check_access(spec)  # a server that refuses this user stops the sweep here, before Ray and any trial
         init_ray(address, spec if resource_check else None)  # before anything is written
         ensure_store(spec.tracking_uri)  # created, or a broken store reported, before Tune starts
         sweep_dir, state = found or create_sweep(spec, results)

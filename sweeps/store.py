@@ -10,12 +10,17 @@ half-migrated is reported in one line with the way out, never a traceback.
 
 New stores are switched to SQLite's write-ahead log, so readers (``hnet ui``, ``hnet report``,
 pandas) never block a sweep's writes and concurrent sweeps only queue their short writes.
-Tracking servers and other databases are opened as they are: the server owns its schema.
+Tracking servers and other databases are opened as they are: the server owns its schema. A
+server with users (MLflow's basic-auth app, docs/cluster.md) that refuses a request (401: no or wrong
+credentials; 403: no permission on the experiment) is reported by ``server_access`` in one line that
+names the user and what was refused.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock
@@ -27,6 +32,58 @@ LOCK_TIMEOUT_S = 600  # a migration takes ~1 s; waiting longer means a stuck pro
 
 class StoreError(UserError, ValueError):
     """An MLflow store that cannot be opened; the message says what happened and how to recover."""
+
+
+class AccessError(StoreError):
+    """A tracking server refused the request: unknown user, wrong password or no permission."""
+
+
+REFUSALS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}  # MLflow's error codes for HTTP 401 / 403
+
+
+def tracking_user() -> str | None:
+    """The user MLflow's client presents: MLFLOW_TRACKING_USERNAME, else ~/.mlflow/credentials."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    return read_mlflow_creds().username
+
+
+def refusal(exc: BaseException, tracking_uri: str, what: str) -> AccessError | None:
+    """``exc`` as one line naming the user and what was refused, when it is a server's 401 or 403; else None.
+
+    ``what`` completes "... to {what}", e.g. "write to experiment 'smoke'"."""
+    status = REFUSALS.get(getattr(exc, "error_code", None))  # MlflowException from the REST client
+    response = getattr(exc, "response", None)  # requests.HTTPError from an artifact transfer
+    status = status or getattr(response, "status_code", None)
+    if status not in (401, 403):
+        return None
+    user = tracking_user()
+    if status == 401 and not user:
+        return AccessError(f"the MLflow server {tracking_uri} refused an anonymous request to {what} (401): set "
+                           f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account on it")
+    if status == 401:
+        return AccessError(f"the MLflow server {tracking_uri} did not accept the password of user {user!r} to {what} "
+                           f"(401): check MLFLOW_TRACKING_PASSWORD (an admin can reset it)")
+    grant = "EDIT" if what.startswith(("write", "attach")) else "READ"
+    return AccessError(f"the MLflow server {tracking_uri} denied user {user!r} permission to {what} (403): the "
+                       f"experiment's owner or an admin can grant {grant} on it (docs/cluster.md)")
+
+
+@contextlib.contextmanager
+def server_access(tracking_uri: str, what: str) -> Iterator[None]:
+    """Turn a tracking server's 401/403 inside the block into one ``AccessError`` line (a UserError: the
+    CLI prints ``hnet: error: ...`` and exits 2); every other error passes through unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        error = refusal(exc, tracking_uri, what)
+        if error is None:
+            raise
+        raise error from None
+
+
+def is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

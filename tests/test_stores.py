@@ -1,8 +1,10 @@
 """MLflow stores opened by many processes at once: a new SQLite store, a half-migrated one, and
-a tracking server on a real PostgreSQL database, each with real sweeps writing into it."""
+a tracking server on a real PostgreSQL database, each with real sweeps writing into it; and the
+team's server with users (cluster/tracking_server.sh), which lets in only them."""
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -11,6 +13,7 @@ import tempfile
 import time
 from glob import glob
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -165,8 +168,9 @@ def postgres(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert init.returncode == 0, init.stdout + init.stderr
     port = free_port()
+    durability = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]  # throwaway: fast
     server = subprocess.Popen([*as_user, str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-                               "-k", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "-k", str(data), *durability], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, server)
         created = subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "hnet", "mlflow"],
@@ -199,3 +203,195 @@ def test_two_sweeps_at_once_through_a_tracking_server_on_postgresql(tmp_path, tr
     client = MlflowClient(tracking_server)
     runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id], "tags.role = 'trial'")
     assert all(json.loads(run.data.tags["acc_matrix"]) for run in runs)  # the matrix every search returns
+
+
+# ---- the team's server: MLflow's basic-auth app on PostgreSQL (cluster/tracking_server.sh) ----------
+
+SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "cluster" / "tracking_server.sh"
+ADMIN, ALICE, BOB = "hnet-admin", "alice", "bob"
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                   "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """This environment without anyone's MLflow credentials (HOME too: ~/.mlflow/credentials), the venv's
+    `mlflow` first on PATH, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARS}
+    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               PYTHONWARNINGS="ignore", **extra)
+    return env
+
+
+def as_user(env: dict[str, str], user: str | None, password: str | None) -> dict[str, str]:
+    """``env`` presenting ``user`` / ``password`` through MLflow's standard variables (None: anonymous)."""
+    return {**env, **({"MLFLOW_TRACKING_USERNAME": user} if user else {}),
+            **({"MLFLOW_TRACKING_PASSWORD": password} if password else {})}
+
+
+def hnet_as(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hnet.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def one_error(proc: subprocess.Popen, *words: str) -> str:
+    """Exit status 2 and one line of output, an `hnet: error:` holding ``words``; returns the line."""
+    out = proc.communicate(timeout=300)[0]
+    errors = [line for line in out.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith("hnet: error:"), out[-3000:]
+    assert all(word in errors[0] for word in words), errors[0]
+    return errors[0]
+
+
+def refused(status: int, action, *args) -> None:
+    """``action(*args)`` is refused by the server with HTTP ``status``."""
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as caught:
+        action(*args)
+    assert caught.value.get_http_status_code() == status, caught.value.message
+
+
+def test_the_team_server_lets_in_only_its_users(tmp_path, postgres, monkeypatch):
+    """The documented team server refuses weak or missing admin passwords; on it a sweep as alice records
+    every trial; anonymous and wrong-password requests are refused (401) for reads and writes, in one line
+    by `hnet`; bob sees nothing of alice's experiment and cannot write to it (403) until she grants him
+    READ: then his `hnet report` works, and his writes are still refused."""
+    try:
+        import flask_wtf  # noqa: F401 (MLflow's auth app: the `auth` extra)
+    except ImportError:
+        missing = "MLflow's auth app needs Flask-WTF: pip install -e '.[auth]'"
+        if os.environ.get("HNET_REQUIRE_POSTGRES"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    from mlflow.server import get_app_client
+
+    from analysis.runs import load_trials
+    from sweeps.store import AccessError
+
+    port = urlsplit(postgres).port
+    created = subprocess.run([str(postgres_bin() / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "hnet",
+                              "mlflow_auth"], capture_output=True, text=True, timeout=60)  # the users' database
+    assert created.returncode == 0, created.stderr
+    auth_db = postgres.rsplit("/", 1)[0] + "/mlflow_auth"
+    home, config = tmp_path / "home", tmp_path / "server-config"
+    home.mkdir()
+    credentials = home / "tracking-admin"  # outside the repository, as the script demands
+    env = clean_env(home, HNET_TRACKING_DIR=str(config), HNET_TRACKING_CREDENTIALS=str(credentials))
+    server_port = free_port()
+    command = ["bash", str(SERVER_SCRIPT), "--backend-store-uri", postgres, "--auth-database-uri", auth_db, "--port",
+               str(server_port), "--workers", "1", "--artifacts-destination", str(tmp_path / "artifacts")]
+
+    # no server without an admin password of >= 12 characters from the environment or a private file
+    admin_password = os.urandom(12).hex()  # 24 characters, never a default
+    for refusal, extra, file_text in (
+            ("no admin password", {"MLFLOW_AUTH_ADMIN_USERNAME": ADMIN}, None),
+            ("at least 12", {"MLFLOW_AUTH_ADMIN_USERNAME": ADMIN, "MLFLOW_AUTH_ADMIN_PASSWORD": "elevenchars"}, None),
+            ("at least 12", {}, f"username={ADMIN}\npassword=password123\n"),
+            ("others may read it", {}, f"username={ADMIN}\npassword={admin_password}\n")):
+        if file_text:
+            credentials.write_text(file_text)
+            credentials.chmod(0o600 if refusal != "others may read it" else 0o644)
+        proc = subprocess.run(command, env={**env, **extra}, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and refusal in proc.stderr, proc.stderr
+    assert not config.exists()  # nothing written, nothing started
+    credentials.chmod(0o600)
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # its own process group: the workers stop with it
+    try:
+        wait_for_port(server_port, server, timeout=240)
+        url = f"http://127.0.0.1:{server_port}"
+        ini = config / "basic_auth.ini"
+        assert ini.stat().st_mode & 0o777 == 0o600 and config.stat().st_mode & 0o777 == 0o700
+        assert admin_password not in ini.read_text() and "NO_PERMISSIONS" in ini.read_text()
+
+        def client(user: str | None, password: str | None) -> MlflowClient:  # MLflow reads them per request
+            for name, value in zip(CREDENTIAL_VARS[:2], (user, password)):
+                if value:
+                    monkeypatch.setenv(name, value)
+                else:
+                    monkeypatch.delenv(name, raising=False)
+            return MlflowClient(url)
+
+        monkeypatch.setenv("HOME", str(home))
+        client(ADMIN, admin_password)
+        admin = get_app_client("basic-auth", tracking_uri=url)
+        passwords = {ALICE: "alice-" + os.urandom(8).hex(), BOB: "bob-" + os.urandom(8).hex()}
+        for user, password in passwords.items():
+            admin.create_user(user, password)
+        for user in (ADMIN, "admin"):  # the password MLflow <= 3.16.0 shipped opens nothing
+            refused(401, client(user, "password1234").search_experiments)
+
+        # alice's sweep; beside it, no or wrong credentials are refused for reads and writes (`hnet`: one line)
+        spec = write_spec(tmp_path, "first", url)
+        sweep = hnet_as(as_user(env, ALICE, passwords[ALICE]), "sweep", "run", str(spec), cwd=tmp_path)
+        anonymous = hnet_as(env, "sweep", "run", str(spec), cwd=tmp_path)
+        anonymous_pool = hnet_as(env, "sweep", "run", str(spec), "--backend", "pool", cwd=tmp_path)  # Ray-less
+        for user, password in ((None, None), (ALICE, "not-alices-password")):  # reads and writes, any experiment
+            refused(401, client(user, password).search_experiments)
+            refused(401, client(user, password).get_experiment_by_name, "shared")
+            refused(401, client(user, password).create_experiment, "intruder")
+        for proc in (anonymous, anonymous_pool):
+            one_error(proc, "refused an anonymous request", "(401)", "write to experiment 'shared'",
+                      "MLFLOW_TRACKING_USERNAME")
+        client(BOB, "not-bobs-password")
+        with pytest.raises(AccessError, match="did not accept the password of user 'bob' to read experiment 'shared'"):
+            load_trials("shared", url)  # what `hnet report` reads with (subprocesses cost seconds each)
+
+        # bob, without a grant, while alice's sweep runs: her experiment does not exist for him (one line from `hnet`)
+        deadline = time.monotonic() + 120
+        while (experiment := client(ALICE, passwords[ALICE]).get_experiment_by_name("shared")) is None:
+            assert sweep.poll() is None and time.monotonic() < deadline, "alice's sweep made no experiment"
+            time.sleep(0.2)
+        bob_sweep = hnet_as(as_user(env, BOB, passwords[BOB]), "sweep", "run", str(spec), cwd=tmp_path)
+        client(BOB, passwords[BOB])
+        with pytest.raises(AccessError, match=r"denied user 'bob' permission to read experiment 'shared' \(403\)"):
+            load_trials("shared", url)
+        one_error(bob_sweep, "denied user 'bob'", "(403)", "write to experiment 'shared'", "EDIT")
+        out = sweep.communicate(timeout=600)[0]
+        assert sweep.returncode == 0 and f"{TRIALS} trials, {TRIALS} completed" in out, out[-3000:]
+        assert len(list((tmp_path / "ray_results").iterdir())) == 1  # alice's sweep folder: the others wrote nothing
+        runs = client(ALICE, passwords[ALICE]).search_runs([experiment.experiment_id])
+        trials = [r for r in runs if r.data.tags["role"] == "trial"]
+        assert len(runs) == TRIALS + 1 and {r.info.status for r in runs} == {"FINISHED"} and len(trials) == TRIALS
+        bob = client(BOB, passwords[BOB])
+        refused(403, bob.get_experiment_by_name, "shared")
+        assert bob.search_runs([experiment.experiment_id]) == [] and "shared" not in {e.name for e in bob.search_experiments()}
+        refused(403, bob.get_run, trials[0].info.run_id)
+        refused(403, bob.create_run, experiment.experiment_id)
+        refused(403, bob.set_tag, trials[0].info.run_id, "by", BOB)
+
+        # alice shares her experiment with bob, read-only: his report works, his writes still fail
+        client(ALICE, passwords[ALICE])
+        get_app_client("basic-auth", tracking_uri=url).grant_user_permission(BOB, "experiment",
+                                                                              experiment.experiment_id, "READ")
+        report = hnet_as(as_user(env, BOB, passwords[BOB]), "report", "shared", "--tracking-uri", url,
+                         "--out", str(tmp_path / "bob"), cwd=tmp_path)
+        bob = client(BOB, passwords[BOB])
+        assert len(bob.search_runs([experiment.experiment_id])) == TRIALS + 1
+        refused(403, bob.create_run, experiment.experiment_id)
+        refused(403, bob.set_tag, trials[0].info.run_id, "by", BOB)
+        out = report.communicate(timeout=300)[0]
+        assert report.returncode == 0 and "Traceback" not in out, out[-3000:]
+        assert "not logged to MLflow" in out and "denied user 'bob'" in out, out[-3000:]
+        assert f"trials: {TRIALS} ({TRIALS} completed" in (tmp_path / "bob" / "report.md").read_text()
+    finally:
+        stop_group(server)
+        log.close()
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM to the process group ``proc`` leads (the server's CLI and its workers), SIGKILL after ``timeout``;
+    returns once none of them is left (they hold the database's connections)."""
+    deadline = time.monotonic() + timeout
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # it died by itself (its log says why)
+        return
+    while True:
+        proc.poll()  # reap the leader, or the group would stay alive as a zombie
+        try:
+            os.killpg(proc.pid, signal.SIGKILL if time.monotonic() > deadline else 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
