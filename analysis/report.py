@@ -63,15 +63,16 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     With ``results_files`` (JSON lines of trainer results) the trials come from those files, merged,
     instead of MLflow, and nothing is logged.
     """
-    from sweeps.store import AccessError, open_store, server_access
+    from sweeps.store import open_store, server_access
 
     if results_files:
         frame, log_to_mlflow = load_results_files(results_files), False
-        source, experiment_id = ", ".join(portable(str(f)) for f in results_files), None
+        source, experiment_id, client = ", ".join(portable(str(f)) for f in results_files), None, None
     else:
         frame, source = load_trials(experiment, tracking_uri, with_matrix=True), portable(tracking_uri)
+        client = open_store(tracking_uri)
         with server_access(tracking_uri, f"read experiment {experiment!r}"):
-            experiment_id = open_store(tracking_uri).get_experiment_by_name(experiment).experiment_id
+            experiment_id = client.get_experiment_by_name(experiment).experiment_id
     if frame.empty:
         raise ValueError(f"experiment {experiment!r} at {source} holds no trial runs")
     unknown = sorted(set(trials or []) - set(frame["trial_id"]))
@@ -81,8 +82,7 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     if not trials and not completed.empty:
         trials = [completed.loc[completed["acc_after_mean"].idxmax(), "trial_id"]]
     out_dir = Path(out_dir)
-    figure = fig_a7(frame, out_dir, experiment=experiment, log_ratio=log_ratio)
-    client = None if results_files else open_store(tracking_uri)  # results files: MLflow is not touched
+    figures = list(fig_a7(frame, out_dir, experiment=experiment, log_ratio=log_ratio).values())
     heatmaps = {}
     for trial_id in trials or []:
         row = frame[frame["trial_id"] == trial_id].iloc[0]
@@ -91,10 +91,18 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
         matrix = row["acc_matrix"] if "acc_matrix" in row else accuracy_matrix(client, row["run_id"])
         if matrix:
             heatmaps[trial_id] = accuracy_heatmap(matrix, out_dir / f"acc_matrix_{trial_id}.png", title)
+    report = out_dir / "report.md"
+    report.write_text(render_report(experiment, source, frame, report_tables(frame), heatmaps,
+                                    ui_url, experiment_id))
+    if log_to_mlflow:
+        attach_report(client, tracking_uri, experiment, experiment_id, [report, *figures, *heatmaps.values()])
+    return report
+
+
+def report_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The report's numbers: configurations with seeds aggregated, the top ten, the Pareto set, accuracy by
+    compression-ratio bin (never learned vs learned and forgotten) and by chunk size."""
     configs = aggregate_seeds(frame)
-    searched = [c for c in config_columns(configs) if configs[c].nunique() > 1]  # what differs between rows
-    top = configs.sort_values("acc_after_mean_mean", ascending=False).head(10)
-    pareto = configs[pareto_front(configs, "acc_after_mean_mean")].sort_values("compression_ratio")
     binned = configs.assign(ratio_bin=pd.cut(configs["compression_ratio"], RATIO_BINS).astype(str))
     # where accuracy is lost: tasks never learned (acc during < 100) or learned and then forgotten (during - after)
     binned["lost_to_forgetting"] = binned["acc_during_mean_mean"] - binned["acc_after_mean_mean"]
@@ -107,8 +115,17 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
     by_chunk = configs.assign(chunk_size=pd.to_numeric(configs["chunk_size"])).groupby("chunk_size")[
         "acc_after_mean_mean"].agg(["count", "mean", "min"]).reset_index()
     by_chunk.columns = ["chunk size", "configurations", "mean acc after", "lowest acc after"]
-    counts = frame["status"].value_counts()
+    return {"configs": configs, "top": configs.sort_values("acc_after_mean_mean", ascending=False).head(10),
+            "pareto": configs[pareto_front(configs, "acc_after_mean_mean")].sort_values("compression_ratio"),
+            "by_bin": by_bin, "by_chunk": by_chunk}
 
+
+def render_report(experiment: str, source: str, frame: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                  heatmaps: dict[str, Path], ui_url: str | None, experiment_id: str | None) -> str:
+    """report.md's text."""
+    configs = tables["configs"]
+    searched = [c for c in config_columns(configs) if configs[c].nunique() > 1]  # what differs between rows
+    counts = frame["status"].value_counts()
     lines = [f"# Sweep report: {experiment}", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{source}`.", "",
              f"- trials: {len(frame)} ({counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
@@ -117,12 +134,13 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
              f"- total training time: {frame['train_seconds'].sum() / 3600:.2f} h "
              f"(benchmarks: {', '.join(sorted(frame['benchmark'].unique()))})", "",
              "![Fig. A7](fig_a7.png)", "", "## Top configurations", "",
-             _table(readable(top, searched, ui_url, experiment_id)),
-             "## Pareto set (accuracy vs compression ratio)", "", _table(readable(pareto, searched, ui_url, experiment_id)),
+             _table(readable(tables["top"], searched, ui_url, experiment_id)),
+             "## Pareto set (accuracy vs compression ratio)", "",
+             _table(readable(tables["pareto"], searched, ui_url, experiment_id)),
              "## Accuracy by compression-ratio bin", "",
              "Accuracy right after learning each task (acc during) says how well tasks were learned; acc during "
-             "minus acc after is what was learned and then forgotten.", "", _table(by_bin),
-             "## Accuracy by chunk size", "", _table(by_chunk)]
+             "minus acc after is what was learned and then forgotten.", "", _table(tables["by_bin"]),
+             "## Accuracy by chunk size", "", _table(tables["by_chunk"])]
     for trial_id, path in heatmaps.items():
         lines += [f"## Accuracy matrix of {trial_id}", "", f"![accuracy matrix of {trial_id}]({path.name})", ""]
     lines += ["## Comparison with the paper", ""]
@@ -133,19 +151,22 @@ def write_report(experiment: str, tracking_uri: str, out_dir: str | Path, log_to
         lines.append(f"- {benchmark} {method} {scenario}: best acc_after_mean {acc.max():.2f} %, mean over "
                      f"{len(acc)} trials {acc.mean():.2f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.2f}"
                      + (f" vs the paper's {paper} % (Table 1)" if paper else " (no paper reference)"))
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
-    if log_to_mlflow:
-        try:  # a reader with READ permission only gets the report without attaching it
-            with server_access(tracking_uri, f"attach the report to the runs of experiment {experiment!r}"):
-                for parent in client.search_runs([experiment_id], filter_string="tags.role = 'sweep'"):
-                    for path in (report, *figure.values(), *heatmaps.values()):
-                        client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
-            print("report: logged to the sweep's parent run", file=sys.stderr)
-        except AccessError as exc:
-            print(f"hnet report: not logged to MLflow, kept in {out_dir} only: {exc}", file=sys.stderr)
-    return report
+
+def attach_report(client, tracking_uri: str, experiment: str, experiment_id: str, paths: list[Path]) -> None:
+    """The report's files as artifacts of every sweep's parent run (a reader with READ permission only
+    keeps them locally, told so in one line)."""
+    from sweeps.store import AccessError, server_access
+
+    try:
+        with server_access(tracking_uri, f"attach the report to the runs of experiment {experiment!r}"):
+            for parent in client.search_runs([experiment_id], filter_string="tags.role = 'sweep'"):
+                for path in paths:
+                    client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
+        print("report: logged to the sweep's parent run", file=sys.stderr)
+    except AccessError as exc:
+        print(f"hnet report: not logged to MLflow, kept in {paths[0].parent} only: {exc}", file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
