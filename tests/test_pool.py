@@ -46,9 +46,18 @@ mlflow:
 """
 
 
+STORE: Path = Path("mlflow.db")  # shared_store: one MLflow store for all (a new one costs ~3 s)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_store(tmp_path_factory) -> None:
+    global STORE
+    STORE = tmp_path_factory.mktemp("store") / "mlflow.db"
+
+
 def write_spec(tmp_path: Path, iters: int = 10, algorithm: str = "random", samples: int = 2) -> Path:
     path = tmp_path / "spec.yaml"
-    path.write_text(SPEC.format(iters=iters, algorithm=algorithm, samples=samples, store=tmp_path / "mlflow.db"))
+    path.write_text(SPEC.format(iters=iters, algorithm=algorithm, samples=samples, store=STORE))
     return path
 
 
@@ -86,7 +95,7 @@ def test_plan_random_and_grid(tmp_path):
 
 def _grid_spec(tmp_path: Path) -> Path:
     path = tmp_path / "grid.yaml"
-    path.write_text(SPEC.format(iters=10, algorithm="grid", samples=100, store=tmp_path / "mlflow.db").replace(
+    path.write_text(SPEC.format(iters=10, algorithm="grid", samples=100, store=STORE).replace(
         "  hnet_hidden:\n    layers: [1, 2]\n    sizes: [5, 10]\n", "  hnet_hidden: [[5], [10, 10]]\n"))
     return path
 

@@ -10,6 +10,7 @@ import mlflow
 import pytest
 import yaml
 
+from sweeps import record
 from sweeps.search import OptunaSearcher
 from sweeps.spec import SpecError, parse_spec
 from sweeps.store import ensure_store
@@ -327,73 +328,66 @@ def test_multi_objective_search_builds_a_pareto_front():
 
 def test_both_backends_train_one_plan_in_one_order_and_continue_each_other(tmp_path):
     """Grid and random search: `hnet sweep dry-run`, the pool and Ray train the same configurations in the
-    same order (both backends take them from sweeps.space); a study begun by the pool and continued by Ray with
-    the same --results file trains the rest only, and the file ends with the whole study. Both record to MLflow
-    alike: the same trials through either backend read back with the same columns and numbers."""
+    same order (both take them from sweeps.space); a study continued by Ray from a --results file the pool
+    began trains the rest only, and the file ends with the whole study. Both backends record to MLflow alike:
+    the same trials read back with the same columns and numbers, and `hnet report` reads a pool's sweep."""
     import json
+
+    from analysis.runs import load_trials
 
     base = {**TINY_BASE, "num_tasks": 1, "iters": 5}
     space = {"beta": [0.001, 0.01, 0.1, 1.0], "lr": [0.001, 0.002]}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
 
     def point(values: dict) -> tuple[float, float]:
         return float(values["beta"]), float(values["lr"])
 
+    def in_file(path: Path) -> list[tuple[float, float]]:
+        return [point(json.loads(line)["config"]) for line in path.read_text().splitlines()]
+
     for algorithm in ("grid", "random"):
         folder = tmp_path / algorithm
         folder.mkdir()
-        path = write_spec(folder, base=base, space=space, num_samples=4,
-                          search={"algorithm": algorithm, "seed": 1, "max_concurrent": 1},
-                          mlflow={"experiment": algorithm, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+        path = write_spec(folder, base=base, space=space, num_samples=4, mlflow={"experiment": algorithm,
+                          "tracking_uri": uri}, search={"algorithm": algorithm, "seed": 1, "max_concurrent": 1})
         dry = hnet("sweep", "dry-run", str(path), cwd=folder)
         assert dry.returncode == 0, dry.stderr
         listed = [point(dict(kv.split("=") for kv in line.split()[4:]))
                   for line in dry.stdout.splitlines() if " planned " in line]
         assert len(listed) == 4 and len(set(listed)) == 4, dry.stdout
-        results = folder / "results.jsonl"
-
-        def in_file() -> list[tuple[float, float]]:
-            return [point(json.loads(line)["config"]) for line in results.read_text().splitlines()]
-
-        pool = ["sweep", "run", str(path), "--backend", "pool", "--workers", "1", "--results", str(results),
-                "--set", "threads=1"]
-        if algorithm == "grid":  # the pool runs the whole plan
-            proc = hnet(*pool, cwd=folder)
-            assert proc.returncode == 0 and in_file() == listed, proc.stdout[-2000:] + proc.stderr[-2000:]
-            continue
-        proc = hnet(*pool, "--time-limit", "1", cwd=folder)  # the pool stops after one trial ...
-        assert proc.returncode == 0 and in_file() == listed[:1], proc.stdout + proc.stderr
-        proc = hnet("sweep", "run", str(path), "--results", str(results), cwd=folder)  # ... Ray goes on
-        assert proc.returncode == 0 and "1 of 4 trials are in" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
-        parents, trials = runs(tmp_path, algorithm)  # the pool's sweep (1 trial) and Ray's (the other 3)
-        assert len(parents) == 2 and trials.groupby("tags.sweep_id").size().sort_values().tolist() == [1, 3]
-        assert [point({"beta": t["params.beta"], "lr": t["params.lr"]})  # one at a time: start order
-                for _, t in trials.sort_values("start_time").iterrows()] == listed
-        assert sorted(in_file()) == sorted(listed)  # the file holds the whole study, each trial once
-        again = hnet(*pool, cwd=folder)
-        assert again.returncode == 0 and "0 trials to run (4 already in" in again.stdout, again.stdout + again.stderr
-    # The pool records into MLflow as Ray does: the grid study ran by the pool, the same grid through Ray
-    # into a second experiment, read back by load_trials (and hnet report, the UI's view) alike.
-    from analysis.runs import load_trials
-    from sweeps import record
-
-    path = write_spec(tmp_path / "grid", base=base, space=space, num_samples=4, search={"algorithm": "grid"},
-                      mlflow={"experiment": "grid_ray", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
-    proc = hnet("sweep", "run", str(path), cwd=tmp_path / "grid")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    pooled, rayed = (load_trials(name, uri, with_matrix=True).set_index(["beta", "lr"]).sort_index()
-                     for name in ("grid", "grid_ray"))
-    assert list(pooled.columns) == list(rayed.columns) and len(pooled) == len(rayed) == 4
-    assert (pooled.status == "completed").all() and (rayed.status == "completed").all()
-    for column in ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio", "hnet_weights"):
-        assert pooled[column].tolist() == pytest.approx(rayed[column].tolist(), abs=1e-6), column
-    assert pooled.acc_matrix.tolist() == rayed.acc_matrix.tolist()
-    parents, trials = runs(tmp_path, "grid")
+        pooled = folder / "pool.jsonl"  # the pool runs the whole plan
+        pool = ["sweep", "run", str(path), "--backend", "pool", "--workers", "1", "--set", "threads=1"]
+        proc = hnet(*pool, "--results", str(pooled), cwd=folder)
+        assert proc.returncode == 0 and in_file(pooled) == listed, proc.stdout[-2000:] + proc.stderr[-2000:]
+    parents, trials = runs(tmp_path, "grid")  # the pool's record of the grid: one finished sweep, as Ray's
     assert len(parents) == 1 and (parents.status == "FINISHED").all() and (trials.status == "FINISHED").all()
     assert (trials["tags.mlflow.parentRunId"] == parents.run_id.iloc[0]).all()
     assert record.VIEW_TAG in mlflow.tracking.MlflowClient(uri).get_experiment_by_name("grid").tags  # the UI's view
     report = hnet("report", "grid", "--tracking-uri", uri, "--out", str(tmp_path / "report"), cwd=tmp_path)
     assert report.returncode == 0 and (tmp_path / "report" / "fig_a7.png").exists(), report.stderr
+
+    # random: a study whose file holds the pool's first trial goes on through Ray with the rest, in order
+    study = folder / "study.jsonl"
+    study.write_text(pooled.read_text().splitlines(keepends=True)[0])
+    proc = hnet("sweep", "run", str(path), "--results", str(study), cwd=folder)
+    assert proc.returncode == 0 and "1 of 4 trials are in" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(in_file(study)) == sorted(listed)  # the file holds the whole study, each trial once
+    again = hnet(*pool, "--results", str(study), cwd=folder)
+    assert again.returncode == 0 and "0 trials to run (4 already in" in again.stdout, again.stdout + again.stderr
+    parents, trials = runs(tmp_path, "random")  # the pool's sweep (4 trials), Ray's (the last 3)
+    ray_sweep = parents.sort_values("start_time").run_id.iloc[-1]
+    ray_trials = trials[trials["tags.mlflow.parentRunId"] == ray_sweep].sort_values("start_time")
+    assert [point({"beta": t["params.beta"], "lr": t["params.lr"]}) for _, t in ray_trials.iterrows()] == listed[1:]
+    # the same trials through either backend: the same columns and numbers
+    frame = load_trials("random", uri, with_matrix=True)
+    by_backend = [frame[(frame.sweep_id == parents.set_index("run_id").loc[run, "tags.sweep_id"])]
+                  .set_index(["beta", "lr"]).sort_index() for run in parents.run_id]
+    shared = by_backend[0].index.intersection(by_backend[1].index)
+    assert len(shared) == 3 and (frame.status == "completed").all()
+    a, b = (part.loc[shared] for part in by_backend)
+    for column in ("acc_after_mean", "acc_during_mean", "forgetting", "compression_ratio", "hnet_weights"):
+        assert a[column].tolist() == pytest.approx(b[column].tolist(), abs=1e-6), column
+    assert a.acc_matrix.tolist() == b.acc_matrix.tolist()
 
 
 def test_console_is_quiet_and_the_log_holds_the_rest(tmp_path):
