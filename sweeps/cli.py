@@ -86,7 +86,9 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     from .space import PLANNED, Rejected, plan, to_train_config
 
     spec = _load(args)
-    shown = list(spec.space) + ([] if "chunk_size" in spec.space else ["chunk_size"])
+    def shown(cfg) -> list[str]:  # the searched fields, and the chunk size where a hypernetwork has one
+        return list(spec.space) + (["chunk_size"] if cfg.generated_classifier and "chunk_size" not in spec.space
+                                   else [])
     print(f"{'#':>4}  {'status':<9}{'compression':>12}{'hnet weights':>14}  configuration")
 
     def row(i: int, status: str, ratio: str, weights: str, values: dict) -> None:
@@ -97,7 +99,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         for i, cfg in enumerate(planned.configs):
             counts = count_weights(cfg)
             row(i, "planned", f"{counts.compression_ratio:.4f}", f"{counts.hnet_weights:,}",
-                {k: getattr(cfg, k) for k in shown})
+                {k: getattr(cfg, k) for k in shown(cfg)})
         print(f"\n{len(planned.configs)} configurations x {spec.seeds} seed(s) = {len(planned.configs) * spec.seeds} "
               f"trials, trained in this order (seed by seed) by both backends; {planned.drawn} drawn, "
               f"{planned.rejected} outside the compression range [{spec.compression_min}, {spec.compression_max}], "
@@ -119,7 +121,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
             counts = count_weights(cfg)
             accepted += 1
             row(i, "accepted", f"{counts.compression_ratio:.4f}", f"{counts.hnet_weights:,}",
-                {k: getattr(cfg, k) for k in shown})
+                {k: getattr(cfg, k) for k in shown(cfg)})
         except Rejected as exc:
             row(i, "rejected", "-" if exc.ratio is None else f"{exc.ratio:.4f}", "-", trial.params)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # nothing is trained in a dry run
