@@ -86,9 +86,11 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     from .space import PLANNED, Rejected, plan, to_train_config
 
     spec = _load(args)
+
     def shown(cfg) -> list[str]:  # the searched fields, and the chunk size where a hypernetwork has one
         return list(spec.space) + (["chunk_size"] if cfg.generated_classifier and "chunk_size" not in spec.space
                                    else [])
+
     print(f"{'#':>4}  {'status':<9}{'compression':>12}{'hnet weights':>14}  configuration")
 
     def row(i: int, status: str, ratio: str, weights: str, values: dict) -> None:
@@ -174,17 +176,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def nothing_left(spec: SweepSpec, results: Path) -> bool:
     """True (after saying so) when a results file already holds every trial of a grid or random spec."""
     from .results_file import done_configs
-    from .space import PLANNED, config_key, plan, trials
+    from .space import PLANNED, plan, trials
 
     if spec.algorithm not in PLANNED:
         return False
-    planned = trials(spec, plan(spec).configs)
-    done = done_configs(results)
-    left = sum(config_key(t) not in done for t in planned)
+    configs = plan(spec).configs
+    planned, left = len(trials(spec, configs)), len(trials(spec, configs, done_configs(results)))
     if left == 0:
-        print(f"hnet sweep: {spec.name}: all {len(planned)} trials are in {results}: nothing to run")
-    elif left < len(planned):
-        print(f"hnet sweep: {spec.name}: {len(planned) - left} of {len(planned)} trials are in {results}; "
+        print(f"hnet sweep: {spec.name}: all {planned} trials are in {results}: nothing to run")
+    elif left < planned:
+        print(f"hnet sweep: {spec.name}: {planned - left} of {planned} trials are in {results}; "
               f"running the other {left}", flush=True)
     return left == 0
 

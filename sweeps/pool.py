@@ -30,13 +30,8 @@ from hnet.config import Runtime, TrainConfig
 
 from .results_file import done_configs
 from .record import task_result, to_tune_config
-from .space import config_id, config_key, group_and_seed, plan, trials
+from .space import config_id, group_and_seed, plan, trials
 from .spec import SweepSpec
-
-
-def checkpoint_path(checkpoints: Path, cfg: TrainConfig) -> Path:
-    """Where a trial of the pool keeps its progress: one file per configuration."""
-    return checkpoints / f"{config_id(cfg)}.pt"
 
 
 def _run_trial(values: dict[str, Any], runtime: dict[str, Any], label: str, checkpoint: str, trial_id: str,
@@ -83,7 +78,7 @@ def run_pool(spec: SweepSpec, results: Path, workers: int, time_limit: float = 0
     runtime = spec.runtime.with_cpu_share(len(os.sched_getaffinity(0)) / workers).to_dict()
     done_before = done_configs(results)
     planned = plan(spec)
-    todo = [c for c in trials(spec, planned.configs) if config_key(c) not in done_before]
+    todo = trials(spec, planned.configs, done_before)
     results.parent.mkdir(parents=True, exist_ok=True)
     sweep = open_record(spec, results) if todo else None  # (recorder, file naming the MLflow sweep) or None
     print(f"{spec.name}: {len(todo)} trials to run ({len(done_before)} already in {results}), {workers} at a time, "
@@ -117,7 +112,9 @@ class Pool:
         self.queue = iter(enumerate(todo))
         self.total = len(todo)
         self.base = spec.base.to_flat_params()
-        self.checkpoints = results.parent / f"{results.stem}.checkpoints"
+        self.checkpoints = results.parent / f"{results.stem}.checkpoints"  # <trial id>.pt: a trial's progress
+        self.shown = [k for k in spec.space if k != "chunk_size"] + ["chunk_size", "seed"]  # in a trial's label
+        self.progress = None  # with a recorder: the queue the workers send each finished task's result on
         self.running: dict[cf.Future, tuple[str, str, Path]] = {}  # a submitted trial's label, id and checkpoint
         self.tune_configs: dict[str, dict[str, Any]] = {}  # trial id -> its Tune config (the record's encoding)
         self.started = time.perf_counter()
@@ -161,9 +158,9 @@ class Pool:
         i, cfg = next(self.queue, (None, None))
         if cfg is None:
             return None
-        shown = [k for k in self.spec.space if k != "chunk_size"] + ["chunk_size", "seed"]
-        label = f"trial {i + 1}/{self.total} " + " ".join(f"{k}={getattr(cfg, k)}" for k in shown)
-        checkpoint, trial_id = checkpoint_path(self.checkpoints, cfg), config_id(cfg)
+        label = f"trial {i + 1}/{self.total} " + " ".join(f"{k}={getattr(cfg, k)}" for k in self.shown)
+        trial_id = config_id(cfg)  # one per configuration and seed: its MLflow run and its checkpoint
+        checkpoint = self.checkpoints / f"{trial_id}.pt"
         self.tune_configs[trial_id] = to_tune_config(cfg, self.base, *group_and_seed(self.spec, cfg))
         try:
             future = executor.submit(_run_trial, cfg.to_dict(), self.runtime, label, str(checkpoint), trial_id,

@@ -92,7 +92,13 @@ def _objectives(spec: SweepSpec) -> tuple[str | list[str], str | list[str]]:
 
 
 class _Pickled(Searcher):
-    """A searcher whose whole state is its attributes: saved in one file (Tune syncs exactly that path)."""
+    """A searcher of the spec's objectives whose whole state is its attributes: saved in one file (Tune
+    syncs exactly that path)."""
+
+    def __init__(self, spec: SweepSpec) -> None:
+        metric, mode = _objectives(spec)  # two objectives: the searcher itself knows them, not Tune
+        super().__init__(metric=None if isinstance(metric, list) else metric,
+                         mode=None if isinstance(mode, list) else mode)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # metric/mode come from the sweep spec
@@ -116,13 +122,11 @@ class PlannedSearcher(_Pickled):
     already, then FINISHED."""
 
     def __init__(self, spec: SweepSpec, stats_file: str | None = None, done: set[str] = frozenset()) -> None:
-        metric, mode = _objectives(spec)
-        super().__init__(metric=None if isinstance(metric, list) else metric,
-                         mode=None if isinstance(mode, list) else mode)
+        super().__init__(spec)
         planned = space.plan(spec)
         base = spec.base.to_flat_params()
         self.queue = [to_tune_config(cfg, base, *space.group_and_seed(spec, cfg))
-                      for cfg in space.trials(spec, planned.configs) if space.config_key(cfg) not in done]
+                      for cfg in space.trials(spec, planned.configs, done)]
         self.num_trials = len(self.queue)
         self.stats = planned.stats()
         _write_stats(stats_file, self.stats)
@@ -138,9 +142,8 @@ class OptunaSearcher(_Pickled):
     """TPE / NSGA-II through Optuna, with the compression filter and a configuration's seeds as one trial."""
 
     def __init__(self, spec: SweepSpec, stats_file: str | None = None) -> None:
+        super().__init__(spec)
         metric, mode = _objectives(spec)
-        super().__init__(metric=None if isinstance(metric, list) else metric,
-                         mode=None if isinstance(mode, list) else mode)
         self.spec = spec
         self.inner = OptunaSearch(space=SearchSpace(spec), metric=metric, mode=mode,
                                   sampler=make_sampler(spec), seed=spec.search_seed)

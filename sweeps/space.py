@@ -149,11 +149,12 @@ def seeded(spec: SweepSpec, cfg: TrainConfig) -> list[TrainConfig]:
     return [cfg.replace(seed=spec.base.seed + s) for s in range(spec.seeds)]
 
 
-def trials(spec: SweepSpec, configs: list[TrainConfig]) -> list[TrainConfig]:
-    """Every trial of planned configurations, seed by seed: a study cut short has covered the whole
-    space once before it repeats any configuration with another seed."""
+def trials(spec: SweepSpec, configs: list[TrainConfig], done: set[str] = frozenset()) -> list[TrainConfig]:
+    """Every trial of planned configurations, seed by seed (a study cut short has covered the whole
+    space once before it repeats any configuration with another seed), but those ``done`` already
+    (``config_key``s of a results file)."""
     per_config = [seeded(spec, c) for c in configs]
-    return [group[s] for s in range(spec.seeds) for group in per_config]
+    return [group[s] for s in range(spec.seeds) for group in per_config if config_key(group[s]) not in done]
 
 
 def group_and_seed(spec: SweepSpec, cfg: TrainConfig) -> tuple[str, int]:
